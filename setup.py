@@ -1,0 +1,63 @@
+"""fastdp_ros: an ament_python ROS 2 package that also installs with pip outside ROS.
+
+`colcon build` installs launch/, config/ and models/ into share/fastdp_ros; `pip install -e .`
+gives the `fastdp` command without ROS. torch is required as a range on purpose: install the
+build you want first (CPU or CUDA, see scripts/setup_env.sh); a satisfied range installs nothing.
+"""
+
+import os
+from glob import glob
+
+from setuptools import find_packages, setup
+
+PACKAGE = "fastdp_ros"
+
+
+def share_files(folder):
+    """(share/fastdp_ros/<dir>, [files]) entries for every file under `folder`, keeping the tree."""
+    entries = {}
+    for path in glob(os.path.join(folder, "**", "*"), recursive=True):
+        if os.path.isfile(path):
+            entries.setdefault(os.path.join("share", PACKAGE, os.path.dirname(path)), []).append(path)
+    return sorted(entries.items())
+
+
+setup(
+    name=PACKAGE,
+    version="0.1.0",
+    description="Fast diffusion policies for closed-loop control of a Franka arm (ROS 2 + MuJoCo)",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(exclude=["test", "test.*"]),
+    data_files=[
+        ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
+        (f"share/{PACKAGE}", ["package.xml"]),
+        *share_files("launch"),
+        *share_files("config"),
+        *share_files("models"),
+    ],
+    install_requires=[
+        "numpy>=1.24",
+        "mujoco>=3.2",
+        "gymnasium-robotics>=1.2",  # only for its Franka Panda model files
+        "zarr>=2.16",
+        "safetensors>=0.4",
+        "tqdm>=4.60",
+        "torch>=2.1",
+        "onnx>=1.15",
+        "onnxruntime>=1.17",
+    ],
+    extras_require={
+        "dev": ["pytest>=7", "hypothesis>=6", "rosbags>=0.10"],
+        # GPU: bring your own CUDA torch first; these add the GPU engines.
+        "gpu": ["onnxruntime-gpu>=1.17", "tensorrt", "torch-tensorrt"],
+    },
+    zip_safe=True,
+    maintainer="fastdp_ros maintainers",
+    tests_require=["pytest"],
+    entry_points={
+        "console_scripts": [
+            "fastdp = fastdp_ros.cli.main:main",
+        ],
+    },
+)
