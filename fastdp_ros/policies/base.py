@@ -98,4 +98,4 @@ def _import_builtin_policies() -> None:
 
 
 #: the built-in policy modules; importing one registers its policy (one module per policy)
-_BUILTIN_MODULES: list[str] = []
+_BUILTIN_MODULES: list[str] = ["fastdp_ros.policies.dp"]

@@ -34,6 +34,7 @@ from fastdp_ros.sim.tasks import (  # noqa: E402
     Task,
     get_task,
     make_env,
+    object_state,
 )
 
 __all__ = [
@@ -51,6 +52,7 @@ __all__ = [
     "FrankaEnv",
     "Task",
     "get_task",
+    "object_state",
     "make_env",
     "PickPlaceExpert",
     "PushExpert",

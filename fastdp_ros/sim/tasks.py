@@ -383,3 +383,11 @@ def make_env(
     return FrankaEnv(task, image_size=image_size, cameras=cameras, control_dt=control_dt,
                      render=render, time_limit=time_limit, interpolate=interpolate,
                      physics_dt=physics_dt, mesh_detail=mesh_detail)
+
+
+def object_state(info: dict) -> np.ndarray:
+    """Privileged task state for low-dimensional policies: target xyz (+ cube pose xyz+wxyz)."""
+    parts = [np.asarray(info["target_pos"], np.float32)]
+    if "cube_pose" in info:
+        parts.append(np.asarray(info["cube_pose"], np.float32))
+    return np.concatenate(parts)

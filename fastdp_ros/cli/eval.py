@@ -1,0 +1,78 @@
+"""`fastdp eval MODEL --task push --episodes N --out R.json`: success rate and latency in MuJoCo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from fastdp_ros.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def add_parser(sub) -> None:
+    from fastdp_ros.runtime.evaluate import EVAL_SEED0
+
+    p = sub.add_parser("eval", help="roll a model out in the simulation: success rate, return, latency",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("model", help="model directory")
+    p.add_argument("--task", default=None, help="task (default: the one the model's dataset recorded)")
+    p.add_argument("--episodes", type=int, default=50)
+    p.add_argument("--out", default=None, help="write the report (JSON) here")
+    p.add_argument("--seed0", type=int, default=EVAL_SEED0, help="first evaluation seed")
+    p.add_argument("--sampler", default=None, help="dp: ddpm | ddim | edm (default: the model's)")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (ddim / edm)")
+    p.add_argument("--n-action-steps", type=int, default=None, help="actions executed per chunk")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(run=run)
+
+
+def check_seed_overlap(model_config: dict, seed0: int, episodes: int) -> None:
+    """Refuse evaluation seeds that were demonstration seeds of the model's dataset."""
+    dataset = model_config.get("provenance", {}).get("dataset")
+    if not dataset or not Path(dataset).exists():
+        return
+    from fastdp_ros.data import ReplayBuffer
+
+    buffer = ReplayBuffer.open(dataset)
+    if "episode_seed" not in buffer.meta_keys:
+        return
+    demo = set(int(s) for s in buffer.episode_meta("episode_seed"))
+    clash = demo.intersection(range(seed0, seed0 + episodes))
+    if clash:
+        raise ConfigError(f"evaluation seeds {sorted(clash)[:5]}... were demonstration seeds of {dataset}; "
+                          f"choose --seed0 outside [{min(demo)}, {max(demo)}]")
+
+
+def run(args) -> int:
+    from fastdp_ros.policies import load_policy, read_config
+    from fastdp_ros.runtime.evaluate import evaluate_policy
+
+    if args.episodes < 1:
+        raise ConfigError(f"--episodes must be >= 1, got {args.episodes}")
+    config = read_config(args.model)
+    task = args.task or config.get("spec", {}).get("extra", {}).get("task")
+    if not task:
+        raise ConfigError(f"{args.model} does not record its task; pass --task")
+    check_seed_overlap(config, args.seed0, args.episodes)
+    options = {"device": args.device}
+    if args.sampler is not None:
+        options["sampler"] = args.sampler
+    if args.steps is not None:
+        options["steps"] = args.steps
+    policy = load_policy(args.model, **options)
+    report = evaluate_policy(policy, task, args.episodes, seed0=args.seed0, n_action_steps=args.n_action_steps)
+    report.extra.update({"model": str(args.model), "policy_type": config["policy_type"], **options})
+    lo, hi = report.success_ci95
+    lat = report.latency_ms
+    log.info("%s on %s: success %.1f%% (95%% CI %.1f-%.1f) over %d episodes, mean return %.2f, NFE %d, "
+             "act() p50 %.1f ms p99 %.1f ms", args.model, task, 100 * report.success_rate, 100 * lo, 100 * hi,
+             report.episodes, report.mean_return, report.nfe, lat.get("p50", np.nan), lat.get("p99", np.nan))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report.to_dict(), indent=2))
+    return 0

@@ -1,0 +1,55 @@
+"""`fastdp` — the command line of fastdp_ros.
+
+Each subcommand lives in its own module with `add_parser(subparsers)` and a `run(args)`;
+errors a user can cause (FastDPError) print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from fastdp_ros import __version__
+from fastdp_ros.errors import FastDPError
+
+log = logging.getLogger("fastdp")
+
+#: subcommand modules, in the order `fastdp --help` lists them
+COMMANDS = ("fastdp_ros.cli.collect", "fastdp_ros.cli.train", "fastdp_ros.cli.eval")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fastdp",
+        description="Fast diffusion policies for closed-loop control of a Franka arm.",
+    )
+    parser.add_argument("--version", action="version", version=f"fastdp_ros {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        importlib.import_module(name).add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        return int(args.run(args) or 0)
+    except FastDPError as e:
+        log.error("%s", e)
+        return 2
+    except KeyboardInterrupt:
+        log.warning("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""`fastdp train --policy dp`: train a policy on a dataset into a model directory."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from fastdp_ros.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+TRAINABLE = ("dp",)
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in text.split(",") if v.strip())
+
+
+def _keys(text: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in text.split(",") if v.strip())
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("train", help="train a policy (dp: the Diffusion Policy teacher)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--policy", required=True, help=f"one of: {', '.join(TRAINABLE)}")
+    p.add_argument("--dataset", required=True, help="zarr dataset from `fastdp collect`")
+    p.add_argument("--out", required=True, help="model directory to write")
+    p.add_argument("--steps", type=int, default=20000, help="optimizer steps")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--warmup-steps", type=int, default=500)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    p.add_argument("--num-workers", type=int, default=0, help="data loader worker processes")
+    p.add_argument("--val-every", type=int, default=1000)
+    p.add_argument("--ckpt-every", type=int, default=2000)
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
+    p.add_argument("--half", action="store_true", help="store fp16 weights (smaller model files)")
+    p.add_argument("--max-episodes", type=int, default=None, help="use only the first N episodes")
+    g = p.add_argument_group("observation and action layout")
+    g.add_argument("--image-keys", type=_keys, default=("img_front", "img_wrist"),
+                   help="comma-separated camera keys; empty ('') for a low-dimensional policy")
+    g.add_argument("--lowdim-keys", type=_keys, default=("joint_pos", "gripper"),
+                   help="comma-separated low-dimensional keys (add object_state for a state-based policy)")
+    g.add_argument("--horizon", type=int, default=16)
+    g.add_argument("--n-obs-steps", type=int, default=2)
+    g.add_argument("--n-action-steps", type=int, default=8)
+    n = p.add_argument_group("network and diffusion")
+    n.add_argument("--backbone", default="small_cnn", help="small_cnn | resnet18")
+    n.add_argument("--pool", default="spatial_softmax", help="spatial_softmax | avg")
+    n.add_argument("--down-dims", type=_ints, default=(64, 128, 256))
+    n.add_argument("--noise-model", default="ddpm", help="ddpm (VP, epsilon) | edm (VE, Karras)")
+    n.add_argument("--num-inference-steps", type=int, default=None,
+                   help="default sampling steps stored with the model (ddpm: 100, edm: 18)")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    if args.policy not in TRAINABLE:
+        raise ConfigError(f"`fastdp train` trains {', '.join(TRAINABLE)}; got --policy {args.policy!r}")
+    from fastdp_ros.policies.dp import DiffusionPolicyConfig, train_diffusion_policy
+    from fastdp_ros.policies.training import TrainSettings
+
+    edm = args.noise_model == "edm"
+    config = DiffusionPolicyConfig(
+        backbone=args.backbone, pool=args.pool, down_dims=args.down_dims, noise_model=args.noise_model,
+        sampler="edm" if edm else "ddpm",
+        num_inference_steps=args.num_inference_steps or (18 if edm else 100),
+        batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps,
+    )
+    settings = TrainSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                             warmup_steps=min(args.warmup_steps, max(1, args.steps // 10)),
+                             val_every=args.val_every, ckpt_every=args.ckpt_every, seed=args.seed,
+                             device=args.device, num_workers=args.num_workers)
+    result = train_diffusion_policy(
+        args.dataset, args.out, config, settings, image_keys=args.image_keys, lowdim_keys=args.lowdim_keys,
+        horizon=args.horizon, n_obs_steps=args.n_obs_steps, n_action_steps=args.n_action_steps,
+        max_episodes=args.max_episodes, resume=args.resume, half=args.half,
+    )
+    log.info("trained %d steps in %.0f s: loss %.4f -> %.4f%s; model in %s", result.steps, result.seconds,
+             result.first_loss, result.final_loss,
+             "" if result.val_loss is None else f", validation {result.val_loss:.4f}", args.out)
+    return 0

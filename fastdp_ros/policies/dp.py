@@ -1,0 +1,413 @@
+"""Diffusion Policy (Chi et al. 2023): the teacher every accelerated policy starts from.
+
+An observation encoder (per-camera CNN + proprioception) conditions a ConditionalUnet1D that
+denoises a chunk of `horizon` actions. Two noise models:
+  ddpm  -- discrete VP diffusion, epsilon prediction, squaredcos_cap_v2, 100 training steps;
+           sampled with DDPM (all steps) or DDIM (any number of steps)
+  edm   -- Karras et al. VE diffusion (sigma 0.002-80, rho 7) with EDM preconditioning;
+           sampled with Heun on the probability-flow ODE (consistency distillation and
+           RAGDP's VE variant need such a teacher)
+
+`DiffusionPolicyModel` is the torch module (training loss, encoder, samplers);
+`DiffusionPolicy` wraps it behind the common Policy interface.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from fastdp_ros.diffusion import (
+    DDIMSampler,
+    DDPMSampler,
+    EDMSampler,
+    FixedStepSampler,
+    edm_denoise,
+    edm_loss_weight,
+    edm_training_sigmas,
+)
+from fastdp_ros.errors import ConfigError, ModelFileError
+from fastdp_ros.nn import ConditionalUnet1D, MultiImageObsEncoder
+from fastdp_ros.policies.base import Policy, register_policy
+from fastdp_ros.policies.modeldir import load_model_dir, load_state_into
+from fastdp_ros.policies.spec import PolicySpec
+
+log = logging.getLogger(__name__)
+
+NOISE_MODELS = ("ddpm", "edm")
+SAMPLERS = {"ddpm": ("ddpm", "ddim"), "edm": ("edm",)}
+
+
+@dataclass
+class DiffusionPolicyConfig:
+    """Hyper-parameters of a Diffusion Policy; saved into config.json, CLI flags map onto it."""
+
+    # network
+    backbone: str = "small_cnn"  # small_cnn | resnet18
+    pool: str = "spatial_softmax"  # spatial_softmax | avg
+    feature_dim: int = 64
+    num_keypoints: int = 32
+    share_backbone: bool = False
+    crop_ratio: float = 0.9  # random crop (train) / center crop (eval) side, as a fraction
+    down_dims: tuple[int, ...] = (64, 128, 256)
+    diffusion_step_embed_dim: int = 128
+    kernel_size: int = 5
+    n_groups: int = 8
+    # diffusion
+    noise_model: str = "ddpm"  # ddpm | edm
+    num_train_timesteps: int = 100
+    beta_schedule: str = "squaredcos_cap_v2"
+    prediction_type: str = "epsilon"
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    rho: float = 7.0
+    sigma_data: float = 0.5
+    # default sampler at run time (override with from_model_dir(sampler=..., steps=...))
+    sampler: str = "ddpm"  # ddpm | ddim | edm
+    num_inference_steps: int = 100
+    # training
+    batch_size: int = 64
+    lr: float = 1e-4
+    weight_decay: float = 1e-6
+    warmup_steps: int = 500
+    grad_clip: float = 1.0
+    ema_power: float = 0.75
+    ema_max: float = 0.9999
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.down_dims = tuple(int(d) for d in self.down_dims)
+        if self.noise_model not in NOISE_MODELS:
+            raise ConfigError(f"noise_model must be one of {NOISE_MODELS}, got {self.noise_model!r}")
+        if self.sampler not in SAMPLERS[self.noise_model]:
+            raise ConfigError(
+                f"sampler {self.sampler!r} does not fit a {self.noise_model} model; "
+                f"use one of {SAMPLERS[self.noise_model]}"
+            )
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["down_dims"] = list(self.down_dims)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DiffusionPolicyConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(f"unknown Diffusion Policy options {unknown}")
+        return cls(**d)
+
+
+class ObsPreprocessor(nn.Module):
+    """Raw observation tensors -> network inputs, inside the graph so exports include it.
+
+    Images: uint8 (B, n_obs, H, W, 3) -> float (B, n_obs, 3, H, W) in [-1, 1].
+    Low-dim: float (B, n_obs, D) -> normalized with the dataset's affine statistics.
+    """
+
+    def __init__(self, spec: PolicySpec, lowdim_scale: dict[str, np.ndarray], lowdim_offset: dict[str, np.ndarray]):
+        super().__init__()
+        self.image_keys = tuple(spec.image_keys)
+        self.lowdim_keys = tuple(spec.lowdim_dims)
+        for k in self.lowdim_keys:
+            self.register_buffer(f"scale_{k}", torch.as_tensor(lowdim_scale[k], dtype=torch.float32))
+            self.register_buffer(f"offset_{k}", torch.as_tensor(lowdim_offset[k], dtype=torch.float32))
+
+    def forward(self, obs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        out = {}
+        for k in self.image_keys:
+            x = obs[k]
+            out[k] = x.permute(*range(x.dim() - 3), -1, -3, -2).float() / 127.5 - 1.0
+        for k in self.lowdim_keys:
+            out[k] = obs[k].float() * getattr(self, f"scale_{k}") + getattr(self, f"offset_{k}")
+        return out
+
+
+class DiffusionPolicyModel(nn.Module):
+    """Encoder + noise-prediction U-Net + action normalization, with the training loss."""
+
+    def __init__(self, spec: PolicySpec, config: DiffusionPolicyConfig, normalizer: dict):
+        super().__init__()
+        self.spec, self.config = spec, config
+        scale, offset = _affine_from_normalizer(normalizer, list(spec.lowdim_dims) + [spec.action_key])
+        self.preprocess = ObsPreprocessor(spec, scale, offset)
+        h, w, c = spec.image_shape
+        crop = None
+        if spec.image_keys and config.crop_ratio < 1.0:
+            crop = (max(8, int(round(h * config.crop_ratio))), max(8, int(round(w * config.crop_ratio))))
+        self.obs_encoder = MultiImageObsEncoder(
+            # a low-dimensional policy has no cameras; the encoder then ignores image_shape
+            image_keys=spec.image_keys, image_shape=(c, h, w) if spec.image_keys else (1, 1, 1),
+            lowdim_keys_dims=spec.lowdim_dims,
+            backbone=config.backbone, pool=config.pool, share_backbone=config.share_backbone,
+            feature_dim=config.feature_dim, crop_shape=crop, num_keypoints=config.num_keypoints,
+        )
+        self.cond_dim = self.obs_encoder.output_dim * spec.n_obs_steps
+        self.unet = ConditionalUnet1D(
+            input_dim=spec.action_dim, global_cond_dim=self.cond_dim,
+            diffusion_step_embed_dim=config.diffusion_step_embed_dim, down_dims=config.down_dims,
+            kernel_size=config.kernel_size, n_groups=config.n_groups,
+        )
+        self.register_buffer("action_scale", torch.as_tensor(scale[spec.action_key], dtype=torch.float32))
+        self.register_buffer("action_offset", torch.as_tensor(offset[spec.action_key], dtype=torch.float32))
+        if config.noise_model == "ddpm":
+            self.train_sampler = DDPMSampler(config.num_train_timesteps, config.beta_schedule,
+                                             config.prediction_type)
+
+    # --- pieces shared by training, sampling, distillation and retrieval -----------------
+
+    def encode(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Raw observation tensors (B, n_obs, ...) -> global conditioning (B, cond_dim)."""
+        feats = self.obs_encoder(self.preprocess(obs))  # (B, n_obs, F)
+        return feats.flatten(start_dim=1)
+
+    def normalize_action(self, action: torch.Tensor) -> torch.Tensor:
+        return action * self.action_scale + self.action_offset
+
+    def unnormalize_action(self, naction: torch.Tensor) -> torch.Tensor:
+        return (naction - self.action_offset) / self.action_scale
+
+    def denoise_fn(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        return self.unet(x, t, cond)
+
+    def edm_denoiser(self, x: torch.Tensor, sigma, cond: torch.Tensor) -> torch.Tensor:
+        """D(x; sigma): the preconditioned x0 estimate of an EDM model."""
+        return edm_denoise(self.unet, x, sigma, cond, sigma_data=self.config.sigma_data)
+
+    def make_sampler(self, name: str | None = None, steps: int | None = None) -> nn.Module:
+        """A fixed-step sampler for this model's noise model."""
+        cfg = self.config
+        name = name or cfg.sampler
+        if name not in SAMPLERS[cfg.noise_model]:
+            raise ConfigError(f"sampler {name!r} does not fit a {cfg.noise_model} model; "
+                              f"use one of {SAMPLERS[cfg.noise_model]}")
+        if name == "ddpm":
+            if steps not in (None, cfg.num_train_timesteps):
+                raise ConfigError(f"DDPM runs all {cfg.num_train_timesteps} steps; use --sampler ddim for {steps}")
+            return DDPMSampler(cfg.num_train_timesteps, cfg.beta_schedule, cfg.prediction_type)
+        if name == "ddim":
+            return DDIMSampler(cfg.num_train_timesteps, steps or cfg.num_inference_steps, 0.0,
+                               cfg.beta_schedule, cfg.prediction_type)
+        return EDMSampler(cfg.sigma_min, cfg.sigma_max, cfg.rho, steps or cfg.num_inference_steps,
+                          heun=True, sigma_data=cfg.sigma_data)
+
+    # --- training --------------------------------------------------------------------
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        """The training loss (forward, so DistributedDataParallel synchronizes its gradients)."""
+        return self.compute_loss(batch)
+
+    def compute_loss(self, batch: dict) -> torch.Tensor:
+        """Denoising loss on a batch {"obs": {key: (B, n_obs, ...)}, "action": (B, horizon, Da)}."""
+        cond = self.encode(batch["obs"])
+        x0 = self.normalize_action(batch["action"].float())
+        noise = torch.randn_like(x0)
+        if self.config.noise_model == "ddpm":
+            t = self.train_sampler.sample_timesteps(x0.shape[0], device=x0.device)
+            pred = self.unet(self.train_sampler.add_noise(x0, noise, t), t.float(), cond)
+            return nn.functional.mse_loss(pred, self.train_sampler.training_target(x0, noise, t))
+        sigma = edm_training_sigmas(x0.shape[0], device=x0.device)
+        denoised = self.edm_denoiser(x0 + sigma.view(-1, 1, 1) * noise, sigma, cond)
+        weight = edm_loss_weight(sigma, self.config.sigma_data).view(-1, 1, 1)
+        return (weight * (denoised - x0) ** 2).mean()
+
+
+class ActGraph(nn.Module):
+    """The whole act() step as one module: raw observation + noise -> actions in robot units.
+
+    forward(obs, noise[, step_noise]) with obs {key: (B, n_obs, ...)} raw tensors. Its loop has
+    a fixed number of steps, so it can be exported as one graph.
+    """
+
+    def __init__(self, model: DiffusionPolicyModel, sampler: nn.Module):
+        super().__init__()
+        self.model = model
+        denoise = model.unet
+        self.loop = FixedStepSampler(denoise, sampler)
+        self.nfe = self.loop.nfe
+
+    def forward(self, obs: dict[str, torch.Tensor], noise: torch.Tensor,
+                step_noise: torch.Tensor | None = None) -> torch.Tensor:
+        cond = self.model.encode(obs)
+        return self.model.unnormalize_action(self.loop(cond, noise, step_noise=step_noise))
+
+
+@register_policy("dp")
+class DiffusionPolicy(Policy):
+    """The Diffusion Policy teacher behind the common interface."""
+
+    def __init__(self, spec: PolicySpec, config: DiffusionPolicyConfig, model: DiffusionPolicyModel,
+                 sampler: str | None = None, steps: int | None = None, seed: int = 0,
+                 device: str = "cpu"):
+        super().__init__(spec)
+        self.config = config
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.graph = ActGraph(self.model, self.model.make_sampler(sampler, steps)).to(self.device).eval()
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+
+    @property
+    def nfe(self) -> int:
+        return self.graph.nfe
+
+    @classmethod
+    def from_model_dir(cls, path: str | os.PathLike, sampler: str | None = None, steps: int | None = None,
+                       seed: int = 0, device: str = "cpu") -> "DiffusionPolicy":
+        files = load_model_dir(path)
+        spec, config, model = build_model_from_files(files)
+        return cls(spec, config, model, sampler=sampler, steps=steps, seed=seed, device=device)
+
+    def _tensors(self, obs: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        return {k: torch.from_numpy(np.ascontiguousarray(v)).unsqueeze(0).to(self.device) for k, v in obs.items()}
+
+    @torch.inference_mode()
+    def _encode(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        return self.model.encode(self._tensors(obs))[0].cpu().numpy()
+
+    @torch.inference_mode()
+    def _act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        shape = (1, self.spec.horizon, self.spec.action_dim)
+        noise = torch.randn(shape, generator=self.generator, device=self.device)
+        step_noise = None
+        sampler = self.graph.loop.sampler
+        if getattr(sampler, "stochastic", False):
+            step_noise = torch.randn((sampler.num_steps, *shape), generator=self.generator, device=self.device)
+        return self.graph(self._tensors(obs), noise, step_noise)[0].cpu().numpy()
+
+
+def _affine_from_normalizer(normalizer: dict, keys: list[str]) -> tuple[dict, dict]:
+    from fastdp_ros.data import Normalizer
+
+    norm = Normalizer.from_dict(normalizer)
+    scale, offset = {}, {}
+    for k in keys:
+        scale[k], offset[k] = norm.scale_offset(k)
+    return scale, offset
+
+
+def build_model_from_files(files) -> tuple[PolicySpec, DiffusionPolicyConfig, DiffusionPolicyModel]:
+    """Rebuild a DiffusionPolicyModel from parsed model files and load its (EMA) weights."""
+    cfg = files.config
+    try:
+        spec = PolicySpec.from_dict(cfg["spec"])
+        config = DiffusionPolicyConfig.from_dict(cfg["policy"])
+        normalizer = cfg["normalizer"]
+    except KeyError as e:
+        raise ModelFileError(f"{files.path / 'config.json'} lacks {e}: not a Diffusion Policy model") from None
+    except ConfigError as e:
+        raise ModelFileError(f"{files.path / 'config.json'}: {e}") from None
+    model = DiffusionPolicyModel(spec, config, normalizer)
+    load_state_into(model, files.state_dict, files.path)
+    return spec, config, model
+
+
+# --- training ------------------------------------------------------------------------------
+
+DEFAULT_IMAGE_KEYS = ("img_front", "img_wrist")
+DEFAULT_LOWDIM_KEYS = ("joint_pos", "gripper")
+
+
+def make_spec_from_dataset(buffer, image_keys, lowdim_keys, horizon: int, n_obs_steps: int,
+                           n_action_steps: int, action_key: str = "action") -> PolicySpec:
+    """A PolicySpec for the given keys of a dataset; a missing key is a clear DatasetError."""
+    from fastdp_ros.errors import DatasetError
+
+    missing = [k for k in (*image_keys, *lowdim_keys, action_key) if k not in buffer]
+    if missing:
+        raise DatasetError(f"dataset {buffer.path} has no {missing}; it has {sorted(buffer.keys)}")
+    shapes = {tuple(buffer[k].shape[1:]) for k in image_keys}
+    if len(shapes) > 1:
+        raise DatasetError(f"cameras {list(image_keys)} have different image shapes {sorted(shapes)}")
+    image_shape = shapes.pop() if shapes else (0, 0, 3)
+    if image_keys and (len(image_shape) != 3 or image_shape[2] != 3):
+        raise DatasetError(f"images must be (H, W, 3) RGB, dataset has {image_shape}")
+
+    def dim(k):
+        s = buffer[k].shape[1:]
+        return int(np.prod(s)) if s else 1
+
+    attrs = buffer.attrs
+    if "dt" not in attrs:
+        raise DatasetError(f"dataset {buffer.path} has no 'dt' attribute (recording period)")
+    return PolicySpec(
+        image_keys=tuple(image_keys), image_shape=tuple(int(v) for v in image_shape),
+        lowdim_dims={k: dim(k) for k in lowdim_keys}, action_dim=dim(action_key), dt=float(attrs["dt"]),
+        horizon=horizon, n_obs_steps=n_obs_steps, n_action_steps=n_action_steps, action_key=action_key,
+        robot=str(attrs.get("robot", "panda")), extra={"task": attrs.get("task")},
+    )
+
+
+def fit_normalizer(buffer, spec: PolicySpec):
+    """Normalizer of a policy: low-dim inputs and actions to [-1, 1], images by the encoder."""
+    from fastdp_ros.data import Normalizer
+
+    modes = {k: "limits" for k in spec.lowdim_dims}
+    modes[spec.action_key] = "limits"
+    modes.update({k: "image" for k in spec.image_keys})
+    return Normalizer.fit(buffer, modes)
+
+
+def demonstration_episodes(buffer) -> np.ndarray:
+    """Indices of the episodes to learn from: the successful ones when success is recorded."""
+    if "episode_success" in buffer.meta_keys:
+        ok = np.flatnonzero(np.asarray(buffer.episode_meta("episode_success"), bool))
+        if len(ok) < buffer.n_episodes:
+            log.info("using %d of %d episodes (the expert's successful ones)", len(ok), buffer.n_episodes)
+        return ok
+    return np.arange(buffer.n_episodes)
+
+
+def train_diffusion_policy(dataset: str, out: str, config: DiffusionPolicyConfig, settings,
+                           image_keys=DEFAULT_IMAGE_KEYS, lowdim_keys=DEFAULT_LOWDIM_KEYS,
+                           horizon: int = 16, n_obs_steps: int = 2, n_action_steps: int = 8,
+                           val_ratio: float = 0.05, max_episodes: int | None = None,
+                           resume: bool = False, half: bool = False):
+    """Train a Diffusion Policy on a zarr dataset and write the model directory `out`."""
+    from fastdp_ros.data import ReplayBuffer, WindowDataset, dataset_fingerprint, split_episodes
+    from fastdp_ros.errors import DatasetError
+    from fastdp_ros.policies.modeldir import save_model_dir
+    from fastdp_ros.policies.training import train
+
+    buffer = ReplayBuffer.open(dataset)
+    spec = make_spec_from_dataset(buffer, image_keys, lowdim_keys, horizon, n_obs_steps, n_action_steps)
+    episodes = demonstration_episodes(buffer)
+    if max_episodes is not None:
+        episodes = episodes[:max_episodes]
+    if len(episodes) == 0:
+        raise DatasetError(f"dataset {dataset} has no usable episodes")
+    tr, va = split_episodes(len(episodes), val_ratio=val_ratio if len(episodes) > 1 else 0.0, seed=settings.seed)
+    train_eps, val_eps = episodes[tr], episodes[va]
+    normalizer = fit_normalizer(buffer, spec)
+    keys = list(spec.obs_keys)
+    train_set = WindowDataset(buffer, keys, spec.action_key, n_obs_steps, horizon, n_action_steps, episodes=train_eps)
+    val_set = (WindowDataset(buffer, keys, spec.action_key, n_obs_steps, horizon, n_action_steps, episodes=val_eps)
+               if len(val_eps) else None)
+    model = DiffusionPolicyModel(spec, config, normalizer.to_dict())
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info("Diffusion Policy: %.2fM parameters, %d training windows from %d episodes (%d validation)",
+             n_params / 1e6, len(train_set), len(train_eps), len(val_eps))
+    provenance = {
+        "dataset": os.path.abspath(dataset), "dataset_fingerprint": dataset_fingerprint(buffer),
+        "train_episodes": len(train_eps), "val_episodes": len(val_eps),
+    }
+
+    def save(m: nn.Module, step: int) -> None:
+        cfg = {"spec": spec.to_dict(), "policy": config.to_dict(), "normalizer": normalizer.to_dict(),
+               "provenance": {**provenance, "train_steps": step,
+                              "train_settings": json_safe(dataclasses.asdict(settings))}}
+        save_model_dir(out, "dp", cfg, m.state_dict(), half=half)
+
+    return train(model, lambda net, batch: net(batch), train_set, val_set, settings, out, save, resume=resume)
+
+
+def json_safe(d: dict) -> dict:
+    import json
+
+    return json.loads(json.dumps(d, default=str))
