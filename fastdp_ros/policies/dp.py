@@ -373,7 +373,7 @@ def train_diffusion_policy(dataset: str, out: str, config: DiffusionPolicyConfig
     from fastdp_ros.data import ReplayBuffer, WindowDataset, dataset_fingerprint, split_episodes
     from fastdp_ros.errors import DatasetError
     from fastdp_ros.policies.modeldir import save_model_dir
-    from fastdp_ros.policies.training import train
+    from fastdp_ros.policies.training import jsonable, train
 
     buffer = ReplayBuffer.open(dataset)
     spec = make_spec_from_dataset(buffer, image_keys, lowdim_keys, horizon, n_obs_steps, n_action_steps)
@@ -401,13 +401,7 @@ def train_diffusion_policy(dataset: str, out: str, config: DiffusionPolicyConfig
     def save(m: nn.Module, step: int) -> None:
         cfg = {"spec": spec.to_dict(), "policy": config.to_dict(), "normalizer": normalizer.to_dict(),
                "provenance": {**provenance, "train_steps": step,
-                              "train_settings": json_safe(dataclasses.asdict(settings))}}
+                              "train_settings": jsonable(dataclasses.asdict(settings))}}
         save_model_dir(out, "dp", cfg, m.state_dict(), half=half)
 
     return train(model, lambda net, batch: net(batch), train_set, val_set, settings, out, save, resume=resume)
-
-
-def json_safe(d: dict) -> dict:
-    import json
-
-    return json.loads(json.dumps(d, default=str))

@@ -264,7 +264,7 @@ def train(
                                  "" if val_now is None else f"{val_now:.6f}", f"{time.perf_counter() - t0:.1f}"])
                 log_file.flush()
             if main and (done % settings.ckpt_every == 0 or done == settings.steps):
-                save_checkpoint(ckpt, model, ema, opt, done, {"settings": _jsonable(asdict(settings))})
+                save_checkpoint(ckpt, model, ema, opt, done, {"settings": jsonable(asdict(settings))})
                 save_model(_eval_model(model, ema), done)
     finally:
         bar.close()
@@ -282,5 +282,6 @@ def _eval_model(model: nn.Module, ema: EMAModel | None) -> nn.Module:
     return ema.averaged_model if ema is not None else model
 
 
-def _jsonable(d):
+def jsonable(d):
+    """A JSON-safe copy (tuples to lists, unknown objects to strings)."""
     return json.loads(json.dumps(d, default=str))
