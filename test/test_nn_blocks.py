@@ -10,14 +10,7 @@ from fastdp_ros.errors import ConfigError
 from fastdp_ros.nn import MLP, EMAModel, HyperNetwork, functional_mlp, mlp_param_count
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    # tiny nets gain nothing from intra-op threads, and on a shared 2-core machine a busy
-    # core makes OpenMP spin-waits cost 10-100x; restore the setting for other modules
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ---- MLP -----------------------------------------------------------------------------------

@@ -20,14 +20,7 @@ from fastdp_ros.nn import (
 from fastdp_ros.nn.vision import group_norm
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    # tiny nets gain nothing from intra-op threads, and on a shared 2-core machine a busy
-    # core makes OpenMP spin-waits cost 10-100x; restore the setting for other modules
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def images(*lead, c=3, h=96, w=96):

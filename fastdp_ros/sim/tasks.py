@@ -126,7 +126,22 @@ class ReachTask(Task):
         return _tanh_score(d), success, {"tcp_target_distance": d}
 
 
-class PushTask(Task):
+class CubeTask(Task):
+    """A task with a cube and a goal on the table, sampled at a distance from each other."""
+
+    cube_box: tuple[np.ndarray, np.ndarray]
+    goal_box: tuple[np.ndarray, np.ndarray]
+    distance_range: tuple[float, float]
+
+    def sample(self, rng, sim):
+        q = self.sample_arm(rng)
+        cube, goal = _sample_cube_and_goal(rng, self.cube_box, self.goal_box,
+                                           self.distance_range, sim.config.cube_half_size)
+        return TaskState(q_arm=q, gripper_width=PANDA.gripper_width_range[1], cube_pose=cube,
+                         target=goal)
+
+
+class PushTask(CubeTask):
     name = "push"
     time_limit = 12.0
     has_cube = True
@@ -136,13 +151,6 @@ class PushTask(Task):
     cube_box = (np.array([0.42, -0.16]), np.array([0.62, 0.16]))
     goal_box = (np.array([0.38, -0.24]), np.array([0.68, 0.24]))
     distance_range = (0.12, 0.22)
-
-    def sample(self, rng, sim):
-        q = self.sample_arm(rng)
-        cube, goal = _sample_cube_and_goal(rng, self.cube_box, self.goal_box,
-                                           self.distance_range, sim.config.cube_half_size)
-        return TaskState(q_arm=q, gripper_width=PANDA.gripper_width_range[1], cube_pose=cube,
-                         target=goal)
 
     def evaluate(self, sim, state):
         cube = sim.cube_pose()
@@ -155,7 +163,7 @@ class PushTask(Task):
         return reward, success, {"cube_goal_distance": d_goal, "tcp_cube_distance": d_tcp}
 
 
-class PickPlaceTask(Task):
+class PickPlaceTask(CubeTask):
     name = "pick_place"
     time_limit = 15.0
     has_cube = True
@@ -165,13 +173,6 @@ class PickPlaceTask(Task):
     cube_box = (np.array([0.40, -0.18]), np.array([0.62, 0.18]))
     goal_box = (np.array([0.38, -0.25]), np.array([0.66, 0.25]))
     distance_range = (0.15, 0.30)
-
-    def sample(self, rng, sim):
-        q = self.sample_arm(rng)
-        cube, goal = _sample_cube_and_goal(rng, self.cube_box, self.goal_box,
-                                           self.distance_range, sim.config.cube_half_size)
-        return TaskState(q_arm=q, gripper_width=PANDA.gripper_width_range[1], cube_pose=cube,
-                         target=goal)
 
     def evaluate(self, sim, state):
         cube = sim.cube_pose()

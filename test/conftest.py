@@ -1,0 +1,17 @@
+"""Shared pytest fixtures."""
+
+import pytest
+import torch
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Run a test with one intra-op thread, restoring the setting afterwards.
+
+    Tiny nets gain nothing from intra-op threads, and on a busy 2-core machine OpenMP
+    spin-waits can make them 10-100x slower.
+    """
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
