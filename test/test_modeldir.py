@@ -151,3 +151,11 @@ def test_check_observation():
 def test_spec_rejects_inconsistent_chunking():
     with pytest.raises(ConfigError, match="n_action_steps"):
         make_spec(n_action_steps=5, horizon=4)
+
+
+def test_spec_keeps_lowdim_order_through_json(tmp_path):
+    spec = make_spec(lowdim_dims={"joint_pos": 7, "gripper": 1, "a_first_alphabetically": 2})
+    path = save_model_dir(tmp_path / "o", "toy", {"spec": spec.to_dict()}, tiny_module().state_dict())
+    back = PolicySpec.from_dict(read_config(path)["spec"])
+    assert list(back.lowdim_dims) == ["joint_pos", "gripper", "a_first_alphabetically"]
+    assert back == spec

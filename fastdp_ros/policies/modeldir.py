@@ -99,7 +99,7 @@ def save_model_dir(
     full["provenance"].setdefault("code_version", code_version())
     full["provenance"].setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     _atomic_write(path / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp, metadata={"policy_type": policy_type}))
-    text = json.dumps(full, indent=2, sort_keys=True)
+    text = json.dumps(full, indent=2)
     _atomic_write(path / CONFIG_FILE, lambda tmp: Path(tmp).write_text(text))
     log.info("saved %s model to %s", policy_type, path)
     return path

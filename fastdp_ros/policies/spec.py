@@ -61,6 +61,8 @@ class PolicySpec:
         d = asdict(self)
         d["image_keys"] = list(self.image_keys)
         d["image_shape"] = list(self.image_shape)
+        # (key, dim) pairs: the order is the network's input order and must survive any JSON writer
+        d["lowdim_dims"] = [[k, int(v)] for k, v in self.lowdim_dims.items()]
         return d
 
     @classmethod
@@ -69,7 +71,7 @@ class PolicySpec:
             return cls(
                 image_keys=tuple(d["image_keys"]),
                 image_shape=tuple(int(v) for v in d["image_shape"]),
-                lowdim_dims={str(k): int(v) for k, v in d["lowdim_dims"].items()},
+                lowdim_dims={str(k): int(v) for k, v in _pairs(d["lowdim_dims"])},
                 action_dim=int(d["action_dim"]),
                 dt=float(d["dt"]),
                 horizon=int(d["horizon"]),
@@ -81,6 +83,12 @@ class PolicySpec:
             )
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise ConfigError(f"malformed policy spec ({type(e).__name__}: {e})") from None
+
+
+def _pairs(value):
+    if isinstance(value, dict):
+        raise ValueError("lowdim_dims must be a list of [key, dim] pairs (a JSON object loses its order)")
+    return [(k, v) for k, v in value]
 
 
 def check_observation(spec: PolicySpec, obs: dict) -> dict[str, np.ndarray]:
