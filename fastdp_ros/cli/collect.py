@@ -87,32 +87,32 @@ def run_collect(args) -> int:
                    control_dt=1.0 / args.rate, render=not args.no_images)
     attrs = {**env.metadata(), "expert": f"scripted_{args.task}", "seed0": args.seed}
     buffer = ReplayBuffer.create(args.out, attrs=attrs, overwrite=args.overwrite)
-    n_ok = n_tried = 0
+    n_kept = n_success = n_tried = 0
     t0 = time.perf_counter()
     sim_time = 0.0
     bar = tqdm(total=args.episodes, desc=f"collect {args.task}", unit="ep")
     seed = args.seed
     # Failed expert episodes are dropped by default; give up if the expert keeps failing.
-    while n_ok < args.episodes and n_tried < 3 * args.episodes + 10:
+    while n_kept < args.episodes and n_tried < 3 * args.episodes + 10:
         data, success, ret = record_episode(env, seed)
         n_tried += 1
+        n_success += success
         sim_time += len(data["action"]) * env.dt
         if success or args.keep_failed:
             buffer.add_episode(data, episode_seed=seed, episode_success=success, episode_return=ret)
-            n_ok += 1
+            n_kept += 1
             bar.update(1)
         else:
             log.warning("expert failed on seed %d; episode dropped", seed)
         seed += 1
-        bar.set_postfix(success=f"{sum(buffer.episode_meta('episode_success')) if buffer.n_episodes else 0}/{n_tried}")
+        bar.set_postfix(success=f"{n_success}/{n_tried}")
     bar.close()
     env.close()
     wall = time.perf_counter() - t0
     log.info("wrote %d episodes (%d steps) to %s; expert success %d/%d; %.1f s simulated in %.1f s wall (%.1fx real time)",
-             buffer.n_episodes, buffer.n_steps, args.out, int(np.sum(buffer.episode_meta("episode_success"))),
-             n_tried, sim_time, wall, sim_time / max(wall, 1e-9))
-    if n_ok < args.episodes:
-        raise DatasetError(f"the expert succeeded on only {n_ok} of {n_tried} episodes; "
+             buffer.n_episodes, buffer.n_steps, args.out, n_success, n_tried, sim_time, wall, sim_time / max(wall, 1e-9))
+    if n_kept < args.episodes:
+        raise DatasetError(f"the expert succeeded on only {n_success} of {n_tried} episodes; "
                            f"{args.out} holds fewer episodes than asked")
     return 0
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 from typing import Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fastdp_ros.errors import ConfigError
