@@ -46,6 +46,8 @@ setup(
         "torch>=2.1",
         "onnx>=1.15",
         "onnxruntime>=1.17",
+        "faiss-cpu>=1.7.4",  # retrieval (RAGDP, ALT) and the OOD monitor; GPU users may swap in faiss-gpu
+        "matplotlib>=3.5",  # fastdp bench's plot
     ],
     extras_require={
         "dev": ["pytest>=7", "hypothesis>=6", "rosbags>=0.10"],

@@ -4,6 +4,13 @@ import pytest
 import torch
 
 
+def pytest_configure(config):
+    # The suite's models are tiny: intra-op threads buy nothing, and under load (a 2-core CI
+    # machine, module fixtures that train before any per-test fixture runs) OpenMP spin-waits
+    # make torch 10-100x slower. One thread for the whole session.
+    torch.set_num_threads(1)
+
+
 @pytest.fixture
 def one_torch_thread():
     """Run a test with one intra-op thread, restoring the setting afterwards.

@@ -13,7 +13,7 @@ from fastdp_ros.policies.training import TrainSettings
 H = 16  # tiny images keep the test fast
 
 
-def make_dataset(path, n_episodes=4, length=20, images=True, seed=0):
+def make_dataset(path, n_episodes=4, length=20, images=True, seed=0, rewards=True):
     """Episodes whose actions depend on the observation: the policy must read it."""
     rng = np.random.default_rng(seed)
     buf = ReplayBuffer.create(path, attrs={"task": "push", "dt": 0.1, "robot": "panda"})
@@ -26,6 +26,8 @@ def make_dataset(path, n_episodes=4, length=20, images=True, seed=0):
             "gripper": np.full((length, 1), 0.04, np.float32),
             "action": np.concatenate([joint + 0.1 * sign, np.full((length, 1), 0.04, np.float32)], 1),
         }
+        if rewards:  # higher as the joints approach +1
+            data["reward"] = (1.0 - np.abs(1.0 - joint[:, 0]) / 2).astype(np.float32)
         if images:
             img = np.zeros((length, H, H, 3), np.uint8)
             img[..., 0] = 255 if sign > 0 else 0

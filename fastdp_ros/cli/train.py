@@ -1,4 +1,4 @@
-"""`fastdp train --policy dp`: train a policy on a dataset into a model directory."""
+"""`fastdp train --policy dp|alt`: train a policy on a dataset into a model directory."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from fastdp_ros.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-TRAINABLE = ("dp",)
+TRAINABLE = ("dp", "alt")
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -21,7 +21,7 @@ def _keys(text: str) -> tuple[str, ...]:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("train", help="train a policy (dp: the Diffusion Policy teacher)",
+    p = sub.add_parser("train", help="train a policy (dp: the Diffusion Policy teacher; alt: action lookup table)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--policy", required=True, help=f"one of: {', '.join(TRAINABLE)}")
     p.add_argument("--dataset", required=True, help="zarr dataset from `fastdp collect`")
@@ -53,12 +53,25 @@ def add_parser(sub) -> None:
     n.add_argument("--noise-model", default="ddpm", help="ddpm (VP, epsilon) | edm (VE, Karras)")
     n.add_argument("--num-inference-steps", type=int, default=None,
                    help="default sampling steps stored with the model (ddpm: 100, edm: 18)")
+    a = p.add_argument_group("ALT (action lookup table; e.g. --steps 600 --batch-size 256 --lr 1e-3 --lowdim-keys '')")
+    a.add_argument("--alt-image-size", type=int, default=48, help="longer image side the encoder sees")
+    a.add_argument("--embed-dim", type=int, default=24, help="embedding size")
+    a.add_argument("--temperature", type=float, default=0.1, help="NT-Xent temperature")
+    a.add_argument("--holdout-ratio", type=float, default=0.1,
+                   help="episodes held out of the table to calibrate the OOD threshold")
+    a.add_argument("--ood-quantile", type=float, default=0.99,
+                   help="OOD threshold = this quantile of held-out in-distribution scores")
+    a.add_argument("--index-encoding", default="float16",
+                   help="table vectors: float16 (half the memory) | float32 (exact similarities)")
+    a.add_argument("--ood-report", default=None, help="OOD evaluation JSON (None: OUT/ood_eval.json)")
     p.set_defaults(run=run)
 
 
 def run(args) -> int:
     if args.policy not in TRAINABLE:
         raise ConfigError(f"`fastdp train` trains {', '.join(TRAINABLE)}; got --policy {args.policy!r}")
+    if args.policy == "alt":
+        return run_alt(args)
     from fastdp_ros.policies.dp import DiffusionPolicyConfig, train_diffusion_policy
     from fastdp_ros.policies.training import TrainSettings
 
@@ -81,4 +94,28 @@ def run(args) -> int:
     log.info("trained %d steps in %.0f s: loss %.4f -> %.4f%s; model in %s", result.steps, result.seconds,
              result.first_loss, result.final_loss,
              "" if result.val_loss is None else f", validation {result.val_loss:.4f}", args.out)
+    return 0
+
+
+def run_alt(args) -> int:
+    """ALT: contrastive encoder with the shared loop, then its table and OOD calibration."""
+    from fastdp_ros.policies.alt import ALTConfig, train_alt
+    from fastdp_ros.policies.training import TrainSettings
+
+    config = ALTConfig(image_size=args.alt_image_size, embed_dim=args.embed_dim, temperature=args.temperature,
+                       holdout_ratio=args.holdout_ratio, ood_quantile=args.ood_quantile,
+                       index_encoding=args.index_encoding)
+    settings = TrainSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                             warmup_steps=min(args.warmup_steps, max(1, args.steps // 10)),
+                             val_every=args.val_every, ckpt_every=args.ckpt_every, seed=args.seed,
+                             device=args.device, num_workers=args.num_workers)
+    summary = train_alt(
+        args.dataset, args.out, config, settings, image_keys=args.image_keys, lowdim_keys=args.lowdim_keys,
+        horizon=args.horizon, n_obs_steps=args.n_obs_steps, n_action_steps=args.n_action_steps,
+        max_episodes=args.max_episodes, resume=args.resume, half=args.half, ood_report=args.ood_report,
+    )
+    log.info("trained ALT %d steps in %.0f s: loss %.4f -> %.4f; table of %d frames, OOD threshold %.4f, "
+             "AUROC (all perturbations) %.3f; model in %s", args.steps, summary["train_seconds"],
+             summary["train_loss_first"], summary["train_loss_final"], summary["table_frames"],
+             summary["threshold"], summary["ood_auroc_all"], args.out)
     return 0

@@ -120,11 +120,15 @@ class ObsPreprocessor(nn.Module):
             self.register_buffer(f"scale_{k}", torch.as_tensor(lowdim_scale[k], dtype=torch.float32))
             self.register_buffer(f"offset_{k}", torch.as_tensor(lowdim_offset[k], dtype=torch.float32))
 
+    def affine(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """{low-dim key: (scale, offset)}: x * scale + offset is the network's input."""
+        return {k: (getattr(self, f"scale_{k}"), getattr(self, f"offset_{k}")) for k in self.lowdim_keys}
+
     def forward(self, obs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out = {}
         for k in self.image_keys:
             x = obs[k]
-            out[k] = x.permute(*range(x.dim() - 3), -1, -3, -2).float() / 127.5 - 1.0
+            out[k] = x.permute(*range(x.dim() - 3), x.dim() - 1, x.dim() - 3, x.dim() - 2).float() / 127.5 - 1.0
         for k in self.lowdim_keys:
             out[k] = obs[k].float() * getattr(self, f"scale_{k}") + getattr(self, f"offset_{k}")
         return out
@@ -280,6 +284,23 @@ class DiffusionPolicy(Policy):
         if getattr(sampler, "stochastic", False):
             step_noise = torch.randn((sampler.num_steps, *shape), generator=self.generator, device=self.device)
         return self.graph(self._tensors(obs), noise, step_noise)[0].cpu().numpy()
+
+    def export_graph(self):
+        """The whole act() step (preprocessing, encoder, every sampler step, unnormalization).
+
+        Inputs: the raw observation, then `noise` (and `step_noise` for a stochastic sampler),
+        drawn in the order _act draws them.
+        """
+        from fastdp_ros.policies.base import flat_export_graph
+
+        sampler = self.graph.loop.sampler
+        shape = (1, self.spec.horizon, self.spec.action_dim)
+        noise_shapes = {"noise": shape}
+        if getattr(sampler, "stochastic", False):
+            noise_shapes["step_noise"] = (sampler.num_steps, *shape)
+        signature = {"sampler": type(sampler).__name__, "sampler_settings": sampler.extra_repr(), "nfe": self.nfe}
+        return flat_export_graph(self.graph, self.spec, noise_shapes, signature, device=self.device,
+                                 lowdim_affine=self.model.preprocess.affine())
 
 
 def _affine_from_normalizer(normalizer: dict, keys: list[str]) -> tuple[dict, dict]:

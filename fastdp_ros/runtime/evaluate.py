@@ -33,6 +33,8 @@ class EpisodeResult:
     episode_return: float
     steps: int
     policy_calls: int
+    #: the task's scalar measurements at the episode's end (e.g. cube_goal_distance): why it failed
+    final: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -139,7 +141,9 @@ def evaluate_policy(policy, task: str, episodes: int, seed0: int = EVAL_SEED0, n
                     if terminated or truncated:
                         done = True
                         break
-            results.append(EpisodeResult(seed, success, ret, steps, calls))
+            final = {k: float(v) for k, v in info.items()
+                     if isinstance(v, (int, float, np.floating)) and not isinstance(v, bool)}
+            results.append(EpisodeResult(seed, success, ret, steps, calls, final))
     finally:
         if own_env:
             env.close()

@@ -1,0 +1,247 @@
+"""Latency, re-plan rate and memory of policies x backends: what `fastdp bench` measures.
+
+Each (model, backend) is loaded through load_engine_policy (building or reusing its engine),
+warmed up, then act() is timed on a small pool of random observations (validation and
+preprocessing included: observation in, action chunk out). Resident memory is the process's
+peak during that row: the kernel's high-water mark is reset before each row where Linux allows
+it (/proc/self/clear_refs), so a row's peak includes the interpreter and libraries already
+loaded but not earlier rows' models, which are released first.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import platform
+import resource
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fastdp_ros.engines.policy import load_engine_policy
+from fastdp_ros.errors import FastDPError
+from fastdp_ros.policies.spec import PolicySpec
+
+log = logging.getLogger(__name__)
+
+#: the control rate the acceptance criteria name (a chunk per control tick)
+TARGET_HZ = 60.0
+
+
+@dataclass
+class BenchRow:
+    """One (model, backend) measurement; `error` says why a row has no numbers."""
+
+    model: str
+    name: str
+    backend: str
+    policy_type: str = ""
+    description: str = ""
+    precision: str = ""
+    device: str = ""
+    nfe: int | None = None
+    parameters: int | None = None
+    calls: int = 0
+    latency_ms: dict = field(default_factory=dict)
+    replan_hz: float | None = None  # 1000 / p99: the rate met by 99% of calls
+    replan_hz_p50: float | None = None
+    speedup: float | None = None  # baseline p50 / this p50
+    peak_rss_mb: float | None = None
+    rss_increase_mb: float | None = None  # peak during the row minus resident memory before loading
+    gpu_peak_mb: float | None = None  # torch allocator peak (CUDA only)
+    gpu_used_increase_mb: float | None = None  # device memory in use after the row minus before (all libraries)
+    load_seconds: float | None = None
+    engine_built: bool | None = None
+    parity_max_abs_diff: float | None = None
+    parity_tolerance: float | None = None
+    success_rate: float | None = None  # from an evaluation report of this model, when given
+    error: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# --- memory ------------------------------------------------------------------------------------
+
+def _status_mb(field_name: str) -> float | None:
+    """A kB field of /proc/self/status (VmRSS, VmHWM) in MiB; None off Linux."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field_name + ":"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return None
+
+
+def reset_peak_rss() -> bool:
+    """Reset the process's resident high-water mark (Linux >= 4.0); False where not allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mb() -> float:
+    hwm = _status_mb("VmHWM")
+    if hwm is not None:
+        return hwm
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # kB on Linux
+
+
+def current_rss_mb() -> float | None:
+    return _status_mb("VmRSS")
+
+
+# --- observations --------------------------------------------------------------------------------
+
+def random_observations(spec: PolicySpec, n: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    """n observations of the spec's shapes: random uint8 images, small random low-dim vectors."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        obs = {}
+        for key in spec.obs_keys:
+            shape = (spec.n_obs_steps, *spec.obs_shape(key))
+            if key in spec.image_keys:
+                obs[key] = rng.integers(0, 256, shape, dtype=np.uint8)
+            else:
+                obs[key] = (0.1 * rng.standard_normal(shape)).astype(np.float32)
+        out.append(obs)
+    return out
+
+
+# --- measurement ------------------------------------------------------------------------------
+
+def latency_summary(samples_s: list[float]) -> dict:
+    """p50/p90/p99/mean/max in milliseconds, the fields `fastdp eval` reports for act() latency.
+
+    (runtime.evaluate has the same summary; engines sit below runtime and cannot import it.)
+    """
+    ms = np.asarray(samples_s, dtype=np.float64) * 1e3
+    return {"p50": float(np.percentile(ms, 50)), "p90": float(np.percentile(ms, 90)),
+            "p99": float(np.percentile(ms, 99)), "mean": float(ms.mean()), "max": float(ms.max()),
+            "count": int(ms.size)}
+
+
+def bench_one(model_dir: str | os.PathLike, backend: str, calls: int = 200, warmup: int = 20, seed: int = 0,
+              **load_options) -> BenchRow:
+    """Load `model_dir` with `backend` and time `calls` act() steps after `warmup` steps."""
+    row = BenchRow(model=str(model_dir), name=Path(model_dir).name, backend=backend, calls=calls)
+    on_gpu = torch.device(load_options.get("device", "cpu")).type == "cuda" and torch.cuda.is_available()
+    gc.collect()
+    if on_gpu:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        gpu_free0, _ = torch.cuda.mem_get_info()
+    if not reset_peak_rss():
+        log.debug("cannot reset the resident high-water mark: peak_rss_mb is the process's peak so far")
+    rss0 = current_rss_mb()
+    try:
+        policy = load_engine_policy(model_dir, backend, seed=seed, **load_options)
+    except FastDPError as e:
+        row.error = str(e)
+        log.warning("%s with %s: %s", model_dir, backend, e)
+        return row
+    observations = random_observations(policy.spec, 16, seed)
+    for i in range(warmup):
+        policy.act(observations[i % len(observations)])
+    samples = []
+    for i in range(calls):
+        obs = observations[i % len(observations)]
+        t0 = time.perf_counter()
+        policy.act(obs)
+        samples.append(time.perf_counter() - t0)
+    lat = latency_summary(samples)
+    info = policy.info
+    row.policy_type, row.description = policy.policy_type, info.description
+    row.precision, row.device = info.precision, info.device
+    row.nfe, row.parameters = int(policy.nfe), policy.parameter_count
+    row.latency_ms = lat
+    row.replan_hz = 1000.0 / lat["p99"]
+    row.replan_hz_p50 = 1000.0 / lat["p50"]
+    row.peak_rss_mb = peak_rss_mb()
+    row.rss_increase_mb = None if rss0 is None else row.peak_rss_mb - rss0
+    if on_gpu:
+        torch.cuda.synchronize()
+        row.gpu_peak_mb = torch.cuda.max_memory_allocated() / 2**20
+        row.gpu_used_increase_mb = (gpu_free0 - torch.cuda.mem_get_info()[0]) / 2**20
+    row.load_seconds, row.engine_built = info.load_seconds, info.built
+    row.parity_max_abs_diff, row.parity_tolerance = info.parity_max_abs_diff, info.parity_tolerance
+    del policy
+    gc.collect()
+    return row
+
+
+def run_bench(models: list[str], backends: list[str], calls: int = 200, warmup: int = 20, seed: int = 0,
+              eval_reports: dict[str, float] | None = None, backend_options: dict[str, dict] | None = None,
+              **load_options) -> dict:
+    """Every model x backend; speedups against the first model's torch row (the teacher).
+
+    eval_reports maps a model directory (resolved path) to its success rate; backend_options
+    maps a backend name to its backend-specific options (onnxruntime: provider).
+    Returns the report written as bench.json.
+    """
+    rows = []
+    for model in models:
+        for backend in backends:
+            log.info("bench %s with %s", model, backend)
+            options = dict(load_options)
+            if backend_options and backend in backend_options:
+                options["backend_options"] = backend_options[backend]
+            rows.append(bench_one(model, backend, calls=calls, warmup=warmup, seed=seed, **options))
+    ok = [r for r in rows if r.error is None]
+    baseline = next((r for r in ok if r.model == models[0] and r.backend == "torch"), ok[0] if ok else None)
+    for r in ok:
+        r.speedup = baseline.latency_ms["p50"] / r.latency_ms["p50"]
+    for r in rows:
+        r.success_rate = (eval_reports or {}).get(str(Path(r.model).resolve()))
+    return {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "host": host_info(load_options.get("device", "cpu")),
+        "calls": calls,
+        "warmup": warmup,
+        "options": {k: v for k, v in load_options.items() if isinstance(v, (str, int, float, bool, type(None)))},
+        "baseline": None if baseline is None else f"{baseline.name}/{baseline.backend}",
+        "target_hz": TARGET_HZ,
+        "rows": [r.to_dict() for r in rows],
+    }
+
+
+def host_info(device: str = "cpu") -> dict:
+    """The machine the numbers come from, including how busy it was when the bench started."""
+    info = {
+        "platform": platform.platform(),
+        "cpu": _cpu_model(),
+        "cpus": os.cpu_count(),
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+    }
+    try:
+        import onnxruntime
+
+        info["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        pass
+    if torch.device(device).type == "cuda" and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return info
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()

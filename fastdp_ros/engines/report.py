@@ -1,0 +1,116 @@
+"""bench.json, bench.md and bench.png from a `run_bench` report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from fastdp_ros.errors import ConfigError
+
+
+def _fmt(value, spec: str, empty: str = "–") -> str:
+    return empty if value is None else format(value, spec)
+
+
+def markdown(report: dict) -> str:
+    """The report as a Markdown table, with the host and command it came from."""
+    host = report["host"]
+    load = host.get("load_average")
+    lines = [
+        "# fastdp bench",
+        "",
+        f"`{report['command']}`" if report.get("command") else "",
+        "",
+        f"{report['created']} · {host.get('cpu')} ({host.get('cpus')} CPUs"
+        + (f", load average {load[0]:.2f}" if load else "") + f") · torch {host.get('torch')} "
+        f"({host.get('torch_threads')} threads)"
+        + (f" · onnxruntime {host['onnxruntime']}" if "onnxruntime" in host else "")
+        + (f" · GPU {host['gpu']}" if "gpu" in host else ""),
+        "",
+        f"act() latency over {report['calls']} calls after {report['warmup']} warm-up calls, observation in, "
+        f"action chunk out (validation and preprocessing included). Re-plan rate = 1000 / p99. Speedup = "
+        f"p50 of {report.get('baseline') or 'the baseline'} / p50. Peak RSS = the process's resident "
+        f"high-water mark during the row.",
+        "",
+    ]
+    gpu = any(r.get("gpu_peak_mb") is not None for r in report["rows"])
+    success = any(r.get("success_rate") is not None for r in report["rows"])
+    head = ["policy", "type", "backend", "NFE", "params", "p50 ms", "p90 ms", "p99 ms", "re-plan Hz",
+            f"{report.get('target_hz', 60):g} Hz", "speedup", "peak RSS MB"]
+    head += ["GPU MB"] if gpu else []
+    head += ["parity max Δ", "load s"] + (["success"] if success else [])
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in report["rows"]:
+        if r.get("error"):
+            cells = [r["name"], r.get("policy_type") or "", r["backend"], f"not run: {r['error']}"]
+            cells += [""] * (len(head) - len(cells))
+        else:
+            lat = r["latency_ms"]
+            cells = [r["name"], r["policy_type"], r["description"], str(r["nfe"]), f"{r['parameters'] / 1e6:.2f}M",
+                     f"{lat['p50']:.2f}", f"{lat['p90']:.2f}", f"{lat['p99']:.2f}", f"{r['replan_hz']:.0f}",
+                     "yes" if lat["p99"] <= 1000.0 / report.get("target_hz", 60) else "no",
+                     f"{r['speedup']:.2f}x", _fmt(r["peak_rss_mb"], ".0f")]
+            cells += [_fmt(r.get("gpu_peak_mb"), ".0f")] if gpu else []
+            cells += [_fmt(r["parity_max_abs_diff"], ".1e"), _fmt(r["load_seconds"], ".1f")]
+            cells += [_fmt(r.get("success_rate"), ".0%")] if success else []
+        lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict, path: Path) -> None:
+    """Latency per policy x backend (p50 bar, p90-p99 whisker, 60 Hz line); latency vs success
+    rate beside it where evaluation results were given."""
+    try:
+        from matplotlib.figure import Figure  # no pyplot: no global state, no display needed
+    except ImportError:
+        raise ConfigError("install matplotlib to write bench.png (pip install matplotlib)") from None
+    rows = [r for r in report["rows"] if not r.get("error")]
+    with_success = [r for r in rows if r.get("success_rate") is not None]
+    ncols = 2 if with_success else 1
+    fig = Figure(figsize=(6.5 * ncols, 1.0 + 0.45 * max(3, len(rows))), layout="constrained")
+    axes = fig.subplots(1, ncols, squeeze=False)[0]
+    ax = axes[0]
+    labels = [f"{r['name']} · {r['backend']}" for r in rows]
+    p50 = [r["latency_ms"]["p50"] for r in rows]
+    p99 = [r["latency_ms"]["p99"] for r in rows]
+    p90 = [r["latency_ms"]["p90"] for r in rows]
+    y = list(range(len(rows)))
+    ax.barh(y, p50, color="tab:blue", alpha=0.8, label="p50")
+    ax.errorbar(p99, y, xerr=[[b - a for a, b in zip(p90, p99)], [0] * len(rows)], fmt="|", color="black",
+                label="p90–p99")
+    target_ms = 1000.0 / report.get("target_hz", 60)
+    ax.axvline(target_ms, color="tab:red", linestyle="--", label=f"{report.get('target_hz', 60):g} Hz")
+    ax.set_yticks(y, labels)
+    ax.invert_yaxis()
+    if p99 and max(p99) / max(min(p50), 1e-6) > 20:
+        ax.set_xscale("log")
+    ax.set_xlabel("act() latency (ms)")
+    ax.legend(loc="lower right", fontsize="small")
+    ax.set_title("latency per policy and backend")
+    if with_success:
+        ax2 = axes[1]
+        for r in with_success:
+            ax2.scatter(r["latency_ms"]["p99"], r["success_rate"])
+            ax2.annotate(f"{r['name']} · {r['backend']}", (r["latency_ms"]["p99"], r["success_rate"]),
+                         fontsize="small", xytext=(4, 4), textcoords="offset points")
+        ax2.axvline(target_ms, color="tab:red", linestyle="--")
+        ax2.set_xscale("log")
+        ax2.set_xlabel("act() latency p99 (ms)")
+        ax2.set_ylabel("success rate")
+        ax2.set_ylim(-0.05, 1.05)
+        ax2.set_title("latency vs success")
+    fig.savefig(path, dpi=120)
+
+
+def write_reports(report: dict, out: str | Path) -> dict[str, Path]:
+    """Write bench.json, bench.md and bench.png into `out`; returns their paths."""
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot create output folder {out}: {e.strerror}") from None
+    paths = {"json": out / "bench.json", "md": out / "bench.md", "png": out / "bench.png"}
+    paths["json"].write_text(json.dumps(report, indent=2))
+    paths["md"].write_text(markdown(report))
+    plot(report, paths["png"])
+    return paths

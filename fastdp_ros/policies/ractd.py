@@ -1,0 +1,145 @@
+"""RACTD (Duan et al. 2025, arXiv 2506.07822): reward-aware consistency trajectory
+distillation. The Consistency Policy student and loss (consistency.py) plus a reward term.
+
+1. A reward model R(O, a) is fitted to the dataset's recorded rewards: R reads the frozen
+   teacher's observation features and the action taken at that step (normalized), and
+   predicts the reward that followed (standardized, so the reward weight means the same on
+   every task).
+2. The student is distilled as in Consistency Policy, and its loss adds
+       -reward_weight * R(O, first action of the student's clean one-step prediction)
+   (the action it would execute first). The reward is evaluated on clean actions, never
+   noisy ones; a weight around 0.7 works, much higher makes the distillation unstable.
+The student runs exactly like a Consistency Policy (policy type "ractd").
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from fastdp_ros.errors import DatasetError
+from fastdp_ros.nn import MLP
+from fastdp_ros.policies.base import register_policy
+from fastdp_ros.policies.consistency import (
+    ConsistencyConfig,
+    ConsistencyDistillation,
+    ConsistencyPolicy,
+    run_student_training,
+)
+from fastdp_ros.policies.distill import Teacher, distillation_windows, load_teacher
+
+log = logging.getLogger(__name__)
+
+REWARD_KEY = "reward"
+
+
+class RewardModel(nn.Module):
+    """R(O, a) from the teacher's observation features and a normalized action."""
+
+    def __init__(self, cond_dim: int, action_dim: int, hidden: tuple[int, ...] = (256, 256)):
+        super().__init__()
+        self.net = MLP(cond_dim + action_dim, hidden, 1)
+
+    def forward(self, cond: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([cond, action], dim=-1)).squeeze(-1)
+
+
+def _reward_batch(teacher: Teacher, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(teacher features, normalized action taken now, reward that followed) of a window batch."""
+    first = teacher.spec.n_obs_steps - 1
+    with torch.no_grad():
+        cond = teacher.model.encode(batch["obs"])
+        action = teacher.model.normalize_action(batch["action"][:, first].float())
+    reward = batch["obs"][REWARD_KEY][:, -1].float().reshape(-1)
+    return cond, action, reward
+
+
+def fit_reward_model(teacher: Teacher, train_set, steps: int = 1000, batch_size: int = 64, lr: float = 1e-3,
+                     seed: int = 0) -> tuple[RewardModel, dict]:
+    """Fit R to the dataset's rewards (standardized); returns the model and its fit statistics."""
+    torch.manual_seed(seed)
+    rewards = np.concatenate([np.asarray(train_set[i]["obs"][REWARD_KEY][-1:]).reshape(-1)
+                              for i in range(0, len(train_set), max(1, len(train_set) // 500))])
+    mean, std = float(rewards.mean()), float(rewards.std()) or 1.0
+    model = RewardModel(teacher.model.cond_dim, teacher.spec.action_dim)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, drop_last=len(train_set) >= batch_size)
+    losses, step = [], 0
+    while step < steps:
+        for batch in loader:
+            cond, action, reward = _reward_batch(teacher, batch)
+            loss = nn.functional.mse_loss(model(cond, action), (reward - mean) / std)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+            step += 1
+            if step >= steps:
+                break
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    stats = {"reward_mean": mean, "reward_std": std, "reward_fit_steps": steps,
+             "reward_fit_loss": float(np.mean(losses[-50:])) if losses else float("nan")}
+    log.info("reward model: standardized MSE %.3f after %d steps", stats["reward_fit_loss"], steps)
+    return model, stats
+
+
+class RACTDDistillation(ConsistencyDistillation):
+    """Consistency distillation whose loss also maximizes the reward of the first action."""
+
+    def __init__(self, teacher: Teacher, config: ConsistencyConfig, reward_model: nn.Module):
+        super().__init__(teacher, config)
+        self.reward_model = reward_model.eval()
+        for p in self.reward_model.parameters():
+            p.requires_grad_(False)
+        self.first = teacher.spec.n_obs_steps - 1
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.reward_model.eval()
+        return self
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        parts = self.losses(batch)
+        x_t, t, cond = parts["x_t"], parts["t"], parts["cond"]
+        clean = self.student.denoise(x_t, t, torch.zeros_like(t), cond)  # G(x_t, t, 0)
+        with torch.no_grad():
+            features = self.teacher.encode(batch["obs"])
+        reward = self.reward_model(features, clean[:, self.first]).mean()
+        return parts["ctm"] + self.config.dsm_weight * parts["dsm"] - self.config.reward_weight * reward
+
+
+def distill_ractd(teacher_path: str, dataset: str, out: str, config: ConsistencyConfig, settings,
+                  reward_steps: int = 1000, resume: bool = False, half: bool = False,
+                  reward_model: nn.Module | None = None):
+    """Fit the reward model (unless given), then distil the reward-aware student into `out`."""
+    teacher = load_teacher(teacher_path, "edm", "RACTD")
+    buffer, train_set, val_set = distillation_windows(dataset, teacher.spec, seed=settings.seed,
+                                                      extra_keys=(REWARD_KEY,))
+    if REWARD_KEY not in buffer:
+        raise DatasetError(f"RACTD needs the dataset's rewards; {dataset} has no '{REWARD_KEY}' array "
+                           f"(record one with `fastdp collect`)")
+    if config.reward_weight <= 0:
+        log.warning("RACTD with reward_weight %.2f is plain consistency distillation", config.reward_weight)
+    stats: dict = {"reward_model": "given"}
+    if reward_model is None:
+        reward_model, stats = fit_reward_model(teacher, train_set, reward_steps, settings.batch_size,
+                                               seed=settings.seed)
+    module = RACTDDistillation(teacher, config, reward_model)
+    return run_student_training(module, teacher, train_set, val_set, dataset, out, settings, resume, half,
+                                policy_type="ractd", extra_provenance=stats)
+
+
+@register_policy("ractd")
+class RACTDPolicy(ConsistencyPolicy):
+    """A RACTD student: runs like a Consistency Policy (1 or a few chained evaluations)."""
+
+    @classmethod
+    def from_model_dir(cls, path: str | os.PathLike, **options):
+        return super().from_model_dir(path, **options)

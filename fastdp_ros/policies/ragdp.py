@@ -1,0 +1,360 @@
+"""RAGDP (arXiv 2507.21452): retrieval-augmented sampling of a pre-trained diffusion policy.
+
+No training. `fastdp index` embeds every demonstration frame with the base model's own
+observation encoder (its conditioning vector) into a faiss index. At run time act():
+
+  1. embeds the observation with the same encoder,
+  2. retrieves the nearest demonstration frame (or samples one of the k nearest, which keeps
+     the demonstrations' multimodality) and reads its action chunk,
+  3. noises that chunk to an intermediate step of the base sampler and runs only the
+     remaining steps:
+        VP (DDPM/DDIM teacher):  x_t = sqrt(abar_t) a + sqrt(1 - abar_t) eps
+        VE (EDM teacher):        x_sigma = a + sigma eps
+     (the sampler's `noise_to_index` / `sample_from`).
+
+The leap ratio is the fraction of the sampler's steps that is run: 1/10 of a 100-step DDIM
+schedule runs its last 10 steps (NFE 10); leap ratio 1 is the plain base sampler from noise.
+
+What is accelerated is a "retrieval base": something with an observation encoder, action
+normalization, a denoising network and samplers offering noise_to_index/sample_from. The
+Diffusion Policy teacher is one (`_dp_base`); a consistency-distilled student (VE) becomes
+another by adding a loader to BASE_LOADERS -- the retrieval, the index and the policy stay
+as they are.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from fastdp_ros.diffusion import FixedStepSampler
+from fastdp_ros.errors import ConfigError, DatasetError, ModelFileError
+from fastdp_ros.policies.base import Policy, register_policy
+from fastdp_ros.policies.modeldir import WEIGHTS_FILE, ModelFiles, load_model_dir, model_hash, save_model_dir
+from fastdp_ros.policies.spec import PolicySpec
+from fastdp_ros.retrieval import (
+    ActionChunks,
+    EmbeddingIndex,
+    IndexConfig,
+    check_dataset,
+    embed_demonstrations,
+    file_hash,
+)
+
+log = logging.getLogger(__name__)
+
+CHOICES = ("nearest", "sample")
+
+
+@dataclass
+class RAGDPConfig:
+    """RAGDP's options; saved into config.json, `fastdp index` flags map onto them."""
+
+    leap_ratio: float = 0.1  # fraction of the sampler's steps run after the retrieved chunk is noised
+    sampler: str | None = None  # None: DDIM over all training steps (VP) / the teacher's EDM schedule (VE)
+    steps: int | None = None  # the sampler's full schedule length (before the leap)
+    k: int = 1  # neighbours retrieved
+    choice: str = "nearest"  # nearest | sample (uniformly among the k nearest)
+    index: dict = field(default_factory=lambda: IndexConfig().to_dict())
+
+    def __post_init__(self):
+        self.leap_ratio = float(self.leap_ratio)
+        if not 0.0 < self.leap_ratio <= 1.0:
+            raise ConfigError(f"leap ratio must be in (0, 1] (the fraction of steps run), got {self.leap_ratio}")
+        if int(self.k) != self.k or self.k < 1:
+            raise ConfigError(f"k must be an integer >= 1, got {self.k}")
+        self.k = int(self.k)
+        if self.choice not in CHOICES:
+            raise ConfigError(f"choice must be one of {CHOICES}, got {self.choice!r}")
+        if self.choice == "nearest" and self.k > 1:
+            log.debug("choice 'nearest' uses only the first of k=%d neighbours", self.k)
+        IndexConfig.from_dict(self.index)  # validates
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RAGDPConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(f"unknown RAGDP options {unknown}")
+        return cls(**d)
+
+
+def parse_leap_ratio(text: str) -> float:
+    """'1/10', '0.1' or '10%' -> 0.1."""
+    text = str(text).strip()
+    try:
+        value = float(text[:-1]) / 100 if text.endswith("%") else float(Fraction(text))
+    except (ValueError, ZeroDivisionError):
+        raise ConfigError(f"leap ratio {text!r} is not a number or fraction like 1/10") from None
+    if not 0.0 < value <= 1.0:
+        raise ConfigError(f"leap ratio must be in (0, 1], got {text}")
+    return value
+
+
+def leap_start_index(num_steps: int, leap_ratio: float) -> int:
+    """First step run: the last max(1, round(leap_ratio * num_steps)) steps are kept."""
+    keep = min(num_steps, max(1, int(math.floor(leap_ratio * num_steps + 0.5))))
+    return num_steps - keep
+
+
+# --- the model RAGDP accelerates ---------------------------------------------------------------
+
+
+@dataclass
+class RetrievalBase:
+    """What RAGDP needs from the model it accelerates.
+
+    model: an nn.Module with encode(obs) -> (B, D) conditioning (the retrieval embedding too),
+        normalize_action / unnormalize_action, and make_sampler(name, steps) returning a
+        sampler with noise_to_index, sample_from, nfe, num_steps and stochastic;
+    denoise_net: the network the sampler drives (the denoise_fn convention);
+    noise_family: "vp" or "ve" (which forward process noise_to_index applies);
+    default_sampler: (name, steps) used when the RAGDP config names none;
+    embed_dim: size of encode()'s output.
+    """
+
+    spec: PolicySpec
+    model: nn.Module
+    denoise_net: nn.Module
+    noise_family: str
+    default_sampler: tuple[str, int]
+    embed_dim: int
+    #: the base's own config.json entries RAGDP keeps so its model dir rebuilds the base
+    config_entries: dict
+
+
+def _dp_base(files: ModelFiles) -> RetrievalBase:
+    from fastdp_ros.policies.dp import build_model_from_files
+
+    spec, config, model = build_model_from_files(files)
+    if config.noise_model == "ddpm":
+        # every training timestep, deterministic: the leap then picks an exact noise level
+        family, default = "vp", ("ddim", config.num_train_timesteps)
+    else:
+        family, default = "ve", ("edm", config.num_inference_steps)
+    entries = {k: files.config[k] for k in ("spec", "policy", "normalizer")}
+    return RetrievalBase(spec, model, model.unet, family, default, model.cond_dim, entries)
+
+
+#: policy_type of a base model directory -> loader (a consistency student adds its own)
+BASE_LOADERS: dict[str, Callable[[ModelFiles], RetrievalBase]] = {"dp": _dp_base}
+
+
+def load_base(files: ModelFiles, base_type: str) -> RetrievalBase:
+    try:
+        loader = BASE_LOADERS[base_type]
+    except KeyError:
+        raise ConfigError(f"RAGDP accelerates {sorted(BASE_LOADERS)} models, not {base_type!r} "
+                          f"({files.path})") from None
+    return loader(files)
+
+
+def resolve_sampler(config: RAGDPConfig, base: RetrievalBase) -> tuple[str, int | None]:
+    """(sampler name, schedule length): the configured ones, else the base's default. A named
+    sampler without steps gets the default's length when it is the default's kind (so
+    sampler=ddim alone means DDIM over all training steps), else the model's own default."""
+    default_name, default_steps = base.default_sampler
+    name = config.sampler or default_name
+    if config.steps is not None:
+        return name, int(config.steps)
+    return name, default_steps if name == default_name else None
+
+
+class RetrievalRefiner(nn.Module):
+    """forward(cond, retrieved, noise[, step_noise]) -> refined chunk, all in robot units.
+
+    Normalizes the retrieved chunk, noises it to step `start_index` of `sampler` and runs the
+    remaining steps (start_index 0: plain sampling from `noise`, the retrieved chunk unused).
+    Its loop has a fixed number of steps and no data-dependent branches, like the teacher's
+    ActGraph (retrieval itself, a faiss search, stays outside it).
+    """
+
+    def __init__(self, base: RetrievalBase, sampler: nn.Module, start_index: int):
+        super().__init__()
+        self.model = base.model
+        self.loop = FixedStepSampler(base.denoise_net, sampler, start_index)
+        self.nfe = self.loop.nfe
+
+    def forward(self, cond: torch.Tensor, retrieved: torch.Tensor, noise: torch.Tensor,
+                step_noise: torch.Tensor | None = None) -> torch.Tensor:
+        x0 = self.model.normalize_action(retrieved)
+        x0 = x0 if self.loop.start_index > 0 else None
+        return self.model.unnormalize_action(self.loop(cond, noise, x0, step_noise))
+
+
+@register_policy("ragdp")
+class RAGDPPolicy(Policy):
+    """Retrieve the nearest demonstration chunk, noise it part-way, finish with the base model."""
+
+    def __init__(self, base: RetrievalBase, index: EmbeddingIndex, config: RAGDPConfig, seed: int = 0,
+                 device: str = "cpu"):
+        super().__init__(base.spec)
+        self.config = config
+        self.device = torch.device(device)
+        self.base = base
+        self.model = base.model.to(self.device).eval()
+        name, steps = resolve_sampler(config, base)
+        sampler = self.model.make_sampler(name, steps)
+        self.start_index = leap_start_index(sampler.num_steps, config.leap_ratio)
+        self.refiner = RetrievalRefiner(base, sampler, self.start_index).to(self.device).eval()
+        self.index = index
+        self.chunks = ActionChunks(index.table, base.spec.n_obs_steps, base.spec.horizon)
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        self.rng = np.random.default_rng(seed)
+        #: the demonstration frame the last act() started from: episode, frame, score
+        self.last_retrieval: dict | None = None
+        log.info("RAGDP: %s sampler with %d steps, runs the last %d (NFE %d), %s variant, %d indexed frames",
+                 name, sampler.num_steps, sampler.num_steps - self.start_index, self.nfe, base.noise_family,
+                 len(index))
+
+    @property
+    def nfe(self) -> int:
+        return self.refiner.nfe
+
+    @classmethod
+    def from_model_dir(cls, path: str | os.PathLike, sampler: str | None = None, steps: int | None = None,
+                       leap_ratio: float | None = None, k: int | None = None, choice: str | None = None,
+                       seed: int = 0, device: str = "cpu") -> "RAGDPPolicy":
+        """Load; sampler/steps/leap_ratio/k/choice override the stored RAGDP options."""
+        files = load_model_dir(path)
+        try:
+            config = RAGDPConfig.from_dict(files.config["ragdp"])
+            base_type = files.config["teacher"]["policy_type"]
+        except (KeyError, TypeError) as e:
+            raise ModelFileError(f"{files.path / 'config.json'} lacks {e}: not a RAGDP model") from None
+        except ConfigError as e:
+            raise ModelFileError(f"{files.path / 'config.json'}: {e}") from None
+        overrides = {k: v for k, v in dict(sampler=sampler, steps=steps, leap_ratio=leap_ratio, k=k,
+                                           choice=choice).items() if v is not None}
+        config = dataclasses.replace(config, **overrides)
+        base = load_base(files, base_type)
+        index = EmbeddingIndex.load(path, expected_model_hash=file_hash(Path(path) / WEIGHTS_FILE),
+                                    expected_dim=base.embed_dim)
+        _check_index_layout(index, base.spec, path)
+        if config.k > len(index):
+            raise ConfigError(f"k={config.k} exceeds the {len(index)} indexed frames")
+        return cls(base, index, config, seed=seed, device=device)
+
+    def _tensors(self, obs: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        return {k: torch.from_numpy(np.ascontiguousarray(v)).unsqueeze(0).to(self.device) for k, v in obs.items()}
+
+    @torch.inference_mode()
+    def _encode(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        return self.model.encode(self._tensors(obs))[0].cpu().numpy()
+
+    def _choose(self, ids: np.ndarray) -> int:
+        valid = ids[ids >= 0]
+        if len(valid) == 0:
+            raise ConfigError("the approximate index found no neighbour; raise nprobe / ef_search or use a flat index")
+        if self.config.choice == "sample":
+            return int(valid[self.rng.integers(len(valid))])
+        return int(valid[0])
+
+    @torch.inference_mode()
+    def _act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        cond = self.model.encode(self._tensors(obs))
+        found = self.index.search(cond.float().cpu().numpy(), self.config.k)
+        row = self._choose(found.ids[0])
+        position = int(np.flatnonzero(found.ids[0] == row)[0])
+        self.last_retrieval = {"episode": int(self.index.table["episode"][row]),
+                               "frame": int(self.index.table["frame"][row]),
+                               "score": float(found.scores[0, position])}
+        retrieved = torch.from_numpy(self.chunks([row])).to(self.device)
+        # the same draws, in the same order, as the teacher's act(): leap ratio 1 reproduces it
+        shape = (1, self.spec.horizon, self.spec.action_dim)
+        noise = torch.randn(shape, generator=self.generator, device=self.device)
+        sampler = self.refiner.loop.sampler
+        step_noise = None
+        if getattr(sampler, "stochastic", False):
+            step_noise = torch.randn((sampler.num_steps, *shape), generator=self.generator, device=self.device)
+        return self.refiner(cond, retrieved, noise, step_noise)[0].cpu().numpy()
+
+    def memory_bytes(self) -> int:
+        """Weights and buffers of the base model plus the index's vectors and row table."""
+        tensors = list(self.model.parameters()) + list(self.model.buffers())
+        return int(sum(t.numel() * t.element_size() for t in tensors) + self.index.nbytes())
+
+
+def _check_index_layout(index: EmbeddingIndex, spec: PolicySpec, path) -> None:
+    want = {"n_obs_steps": spec.n_obs_steps, "horizon": spec.horizon, "action_dim": spec.action_dim}
+    have = {k: index.meta.get(k) for k in want}
+    if have != want:
+        raise ModelFileError(f"the index in {path} was built for {have}, the policy has {want}; rebuild it")
+
+
+# --- building a RAGDP model directory ------------------------------------------------------------
+
+
+def build_ragdp(teacher: str | os.PathLike, dataset: str | os.PathLike | None, out: str | os.PathLike,
+                config: RAGDPConfig, max_episodes: int | None = None, batch_size: int = 256,
+                device: str = "cpu", show_progress: bool = True) -> Path:
+    """Index `dataset`'s demonstrations with `teacher`'s encoder and write the RAGDP model `out`.
+
+    `out` is self-contained: config.json (the teacher's spec, network and normalizer, the
+    RAGDP options, the teacher's path and hash), a copy of the teacher's weights and index/.
+    """
+    from fastdp_ros.data import ReplayBuffer, dataset_fingerprint
+    from fastdp_ros.policies.dp import demonstration_episodes
+
+    teacher, out = Path(teacher), Path(out)
+    files = load_model_dir(teacher)
+    if out.resolve() == teacher.resolve():
+        raise ConfigError(f"--out {out} is the teacher's own directory; choose another")
+    if (out / "config.json").exists():
+        from fastdp_ros.policies.modeldir import read_config
+
+        existing = read_config(out)["policy_type"]
+        if existing != "ragdp":
+            raise ConfigError(f"{out} holds a {existing!r} model; choose another --out")
+    base = load_base(files, files.policy_type)
+    spec = base.spec
+    if dataset is None:
+        dataset = files.config.get("provenance", {}).get("dataset")
+        if not dataset:
+            raise ConfigError(f"{teacher} does not record its dataset; pass --dataset")
+    buffer = ReplayBuffer.open(dataset)
+    check_dataset(buffer, {k: spec.obs_shape(k) for k in spec.obs_keys}, spec.image_keys, spec.action_key,
+                  spec.action_dim)
+    episodes = demonstration_episodes(buffer)
+    if max_episodes is not None:
+        episodes = episodes[:max_episodes]
+    if len(episodes) == 0:
+        raise DatasetError(f"dataset {dataset} has no usable (successful) episodes to index")
+
+    model = base.model.to(device).eval()
+
+    @torch.inference_mode()
+    def embed_batch(obs: dict[str, np.ndarray]) -> np.ndarray:
+        return model.encode({k: torch.from_numpy(v).to(device) for k, v in obs.items()}).float().cpu().numpy()
+
+    half = any(t.dtype == torch.float16 for t in files.state_dict.values())
+    fingerprint = dataset_fingerprint(buffer)
+    cfg = {**base.config_entries, "ragdp": config.to_dict(),
+           "teacher": {"policy_type": files.policy_type, "path": str(teacher.resolve()),
+                       "model_hash": model_hash(teacher)},
+           "provenance": {"dataset": str(Path(dataset).resolve()), "dataset_fingerprint": fingerprint,
+                          "indexed_episodes": int(len(episodes)),
+                          "teacher_provenance": files.config.get("provenance", {})}}
+    embeddings, table = embed_demonstrations(buffer, episodes, spec.obs_keys, spec.action_key, spec.n_obs_steps,
+                                             embed_batch, batch_size=batch_size, show_progress=show_progress)
+    save_model_dir(out, "ragdp", cfg, files.state_dict, half=half)
+    index = EmbeddingIndex.build(
+        embeddings, table, model_hash=file_hash(out / WEIGHTS_FILE), dataset_fingerprint=fingerprint,
+        config=IndexConfig.from_dict(config.index),
+        extra_meta={"n_obs_steps": spec.n_obs_steps, "horizon": spec.horizon, "action_dim": spec.action_dim,
+                    "dataset": str(Path(dataset).resolve())})
+    index.save(out)
+    return out

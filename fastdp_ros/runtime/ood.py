@@ -1,0 +1,227 @@
+"""Out-of-distribution monitor: kNN distance of an observation embedding to the training set.
+
+The monitor has its own encoder (e.g. the teacher's or ALT's `encode`, loaded separately from
+the policy that drives the arm), embeds every observation it is shown and measures the
+distance to the k-th nearest training embedding (faiss when installed, numpy otherwise).
+Embeddings are standardised with the training set's per-dimension mean and spread first, so
+no single feature dominates the distance.
+
+The threshold is calibrated, not guessed: `calibrate` takes embeddings of held-out
+in-distribution observations (episodes the training set did not contain) and sets the
+threshold to a quantile of their distances, i.e. an expected false-alarm rate per frame.
+A single frame over the threshold is noise; `debounce` consecutive ones latch the stop,
+which stays raised until `reset()`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from fastdp_ros.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+class KnnIndex:
+    """Exact L2 k-nearest-neighbour distances to a fixed set of vectors."""
+
+    def __init__(self, vectors: np.ndarray, use_faiss: bool | None = None):
+        x = np.ascontiguousarray(np.asarray(vectors, dtype=np.float32))
+        if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] < 1:
+            raise ConfigError(f"training embeddings must be a non-empty (n, dim) array, got shape {x.shape}")
+        if not np.all(np.isfinite(x)):
+            raise ConfigError("training embeddings contain NaN or inf")
+        self.n, self.dim = x.shape
+        self._faiss = None
+        if use_faiss is not False:
+            try:
+                import faiss
+            except ImportError:
+                if use_faiss:
+                    raise ConfigError("faiss is not installed: pip install faiss-cpu (or faiss-gpu)") from None
+                log.warning("faiss is not installed; the OOD monitor uses numpy brute-force kNN "
+                            "(fine for a few thousand embeddings; pip install faiss-cpu for more)")
+            else:
+                index = faiss.IndexFlatL2(self.dim)
+                index.add(x)
+                self._faiss = index
+        self._vectors = x
+        self._sq_norms = (x.astype(np.float64) ** 2).sum(1)
+
+    @property
+    def backend(self) -> str:
+        return "faiss" if self._faiss is not None else "numpy"
+
+    def distances(self, queries: np.ndarray, k: int = 1) -> np.ndarray:
+        """(m, k) L2 distances (not squared) of each query to its k nearest vectors, ascending."""
+        q = np.ascontiguousarray(np.asarray(queries, dtype=np.float32).reshape(-1, self.dim))
+        k = min(int(k), self.n)
+        if self._faiss is not None:
+            d2, _ = self._faiss.search(q, k)
+        else:
+            qd = q.astype(np.float64)
+            d2 = (qd ** 2).sum(1)[:, None] - 2.0 * qd @ self._vectors.T.astype(np.float64) + self._sq_norms[None]
+            d2 = np.sort(d2, axis=1)[:, :k]
+        return np.sqrt(np.maximum(d2, 0.0))
+
+
+@dataclass(frozen=True)
+class OODReading:
+    """One monitored frame: its score (kNN distance), whether it is over the threshold, the
+    consecutive count, and whether the stop is latched."""
+
+    score: float
+    over: bool
+    consecutive: int
+    stopped: bool
+    stamp: float
+
+
+class OODMonitor:
+    """kNN distance to training embeddings, calibrated threshold, debounce, latched stop.
+
+    `encoder(obs) -> embedding` (1-D) is the monitor's own encoder. `train_embeddings` (n, d)
+    come from the training set through the same encoder. `spec` (optional) is the encoder's
+    PolicySpec: the runner builds the observation history the encoder expects from it.
+    """
+
+    def __init__(self, encoder: Callable[[dict], np.ndarray], train_embeddings, k: int = 1,
+                 threshold: float | None = None, debounce: int = 3, spec=None, use_faiss: bool | None = None):
+        if debounce < 1:
+            raise ConfigError(f"debounce must be >= 1 frame, got {debounce}")
+        if k < 1:
+            raise ConfigError(f"k must be >= 1, got {k}")
+        e = np.asarray(train_embeddings, dtype=np.float64)
+        if e.ndim != 2:
+            raise ConfigError(f"training embeddings must be (n, dim), got shape {e.shape}")
+        self.encoder = encoder
+        self.spec = spec
+        self.k = int(k)
+        self.debounce = int(debounce)
+        self.mean = e.mean(0) if len(e) else np.zeros(e.shape[1])
+        # A constant feature carries no distance information; unit scale keeps it harmless.
+        std = e.std(0) if len(e) else np.ones(e.shape[1])
+        self.scale = np.where(std > 1e-8, std, 1.0)
+        self.index = KnnIndex(self._standardise(e), use_faiss=use_faiss)
+        self.threshold = None if threshold is None else float(threshold)
+        self._lock = threading.Lock()
+        self._consecutive = 0
+        self._stopped = False
+        self.stop_reason: str | None = None
+        self.last: OODReading | None = None
+        self.counts = {"frames": 0, "over": 0, "stops": 0}
+
+    def _standardise(self, e: np.ndarray) -> np.ndarray:
+        return (np.asarray(e, dtype=np.float64) - self.mean) / self.scale
+
+    # ------------------------------------------------------------------ calibration
+
+    def distances(self, embeddings) -> np.ndarray:
+        """kNN distance (to the k-th neighbour) of each embedding row."""
+        e = np.asarray(embeddings, dtype=np.float64)
+        e = e.reshape(1, -1) if e.ndim == 1 else e
+        if e.shape[1] != self.index.dim:
+            raise ConfigError(f"embedding has {e.shape[1]} values, the training embeddings have {self.index.dim}")
+        return self.index.distances(self._standardise(e), self.k)[:, -1]
+
+    def calibrate(self, held_out_embeddings, quantile: float = 0.99) -> float:
+        """Threshold = `quantile` of held-out in-distribution distances (1 - quantile is the
+        expected per-frame false-alarm rate). Returns the threshold."""
+        if not 0.0 < quantile < 1.0:
+            raise ConfigError(f"quantile must be in (0, 1), got {quantile}")
+        d = self.distances(held_out_embeddings)
+        if d.size == 0 or not np.all(np.isfinite(d)):
+            raise ConfigError("calibration needs finite held-out embeddings (at least one)")
+        self.threshold = float(np.quantile(d, quantile))
+        log.info("OOD threshold %.4g = %.3f quantile of %d held-out distances (median %.4g, %s kNN over %d)",
+                 self.threshold, quantile, d.size, float(np.median(d)), self.index.backend, self.index.n)
+        return self.threshold
+
+    # ------------------------------------------------------------------ monitoring
+
+    def score(self, obs: dict) -> float:
+        """kNN distance of one observation's embedding; inf when the encoder returns NaN/inf."""
+        e = np.asarray(self.encoder(obs), dtype=np.float64).reshape(-1)
+        if not np.all(np.isfinite(e)):
+            return math.inf
+        return float(self.distances(e)[0])
+
+    def observe(self, obs: dict, stamp: float = 0.0) -> OODReading:
+        """Score one observation and update the debounce and the latch."""
+        if self.threshold is None:
+            raise ConfigError("the OOD monitor has no threshold: calibrate() it or pass threshold=")
+        s = self.score(obs)
+        return self.record(s, stamp)
+
+    def record(self, score: float, stamp: float = 0.0) -> OODReading:
+        """Update the debounce and latch with an already computed score."""
+        over = not (score <= self.threshold)  # NaN and inf count as over
+        with self._lock:
+            self.counts["frames"] += 1
+            if over:
+                self.counts["over"] += 1
+                self._consecutive += 1
+            else:
+                self._consecutive = 0
+            if over and self._consecutive >= self.debounce and not self._stopped:
+                self._stopped = True
+                self.counts["stops"] += 1
+                self.stop_reason = (f"out of distribution: kNN distance {score:.3g} > threshold "
+                                    f"{self.threshold:.3g} for {self._consecutive} consecutive frames")
+                log.error("OOD monitor: %s", self.stop_reason)
+            self.last = OODReading(score, over, self._consecutive, self._stopped, stamp)
+            return self.last
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped
+
+    def reset(self) -> None:
+        """Release the latched stop (an operator's decision) and the debounce count."""
+        with self._lock:
+            self._stopped = False
+            self._consecutive = 0
+            self.stop_reason = None
+
+
+def embed_dataset(encoder: Callable[[dict], np.ndarray], dataset, indices) -> np.ndarray:
+    """Embeddings (len(indices), d) of windows `indices` of a WindowDataset through `encoder`."""
+    rows = [np.asarray(encoder(dataset[int(i)]["obs"]), dtype=np.float32).reshape(-1) for i in indices]
+    if not rows:
+        raise ConfigError("no dataset windows to embed")
+    return np.stack(rows)
+
+
+def monitor_from_dataset(encoder_policy, dataset_path, samples: int = 1000, quantile: float = 0.99,
+                         debounce: int = 3, k: int = 1, val_ratio: float = 0.2, seed: int = 0) -> OODMonitor:
+    """An OODMonitor whose encoder is `encoder_policy.encode`, with training embeddings from the
+    training episodes of a dataset and its threshold calibrated on held-out episodes.
+
+    At most `samples` windows are embedded from each side (evenly spread), so start-up time is
+    bounded whatever the dataset's size.
+    """
+    from fastdp_ros.data import ReplayBuffer, WindowDataset, split_episodes
+
+    spec = encoder_policy.spec
+    buffer = ReplayBuffer.open(dataset_path, required_keys=list(spec.obs_keys))
+    train_eps, val_eps = split_episodes(buffer.n_episodes, val_ratio=val_ratio, seed=seed)
+    if len(val_eps) == 0:
+        raise ConfigError(f"dataset {dataset_path} has {buffer.n_episodes} episode(s); the OOD threshold needs "
+                          f"held-out episodes (at least 2 episodes in all)")
+    kw = dict(obs_keys=list(spec.obs_keys), action_key=spec.action_key, n_obs_steps=spec.n_obs_steps,
+              horizon=spec.horizon, n_action_steps=spec.n_action_steps,
+              in_memory=not spec.image_keys)  # images: read the few sampled windows, not the whole store
+    embeddings = []
+    for eps in (train_eps, val_eps):
+        ds = WindowDataset(buffer, episodes=eps, **kw)
+        idx = np.unique(np.linspace(0, len(ds) - 1, num=min(samples, len(ds))).round().astype(int))
+        embeddings.append(embed_dataset(encoder_policy.encode, ds, idx))
+    monitor = OODMonitor(encoder_policy.encode, embeddings[0], k=k, debounce=debounce, spec=spec)
+    monitor.calibrate(embeddings[1], quantile)
+    return monitor

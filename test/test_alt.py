@@ -1,0 +1,155 @@
+"""ALT: contrastive encoder, exact lookup of stored chunks, calibrated OOD flag, bad input."""
+
+import json
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("faiss")
+
+from fastdp_ros.cli.main import main  # noqa: E402
+from fastdp_ros.data import ReplayBuffer  # noqa: E402
+from fastdp_ros.errors import DatasetError, ModelFileError  # noqa: E402
+from fastdp_ros.policies import load_policy  # noqa: E402
+from fastdp_ros.policies.alt import (  # noqa: E402
+    ALTConfig,
+    ALTPolicy,
+    colour_jitter,
+    nt_xent,
+    random_resized_crop,
+    train_alt,
+)
+from fastdp_ros.policies.training import TrainSettings  # noqa: E402
+from fastdp_ros.retrieval.ood import perturb_images  # noqa: E402
+
+H = 16  # image side
+T = 12  # frames per episode
+
+
+def make_dataset(path, n_episodes=6):
+    """A red square that slides across a grey table along one of three rows; episodes e and e + 3
+    differ only in the square's shade, so a held-out episode has a near twin in the table."""
+    rng = np.random.default_rng(0)
+    buf = ReplayBuffer.create(path, attrs={"task": "push", "dt": 0.1, "robot": "panda"})
+    for e in range(n_episodes):
+        img = np.full((T, H, H, 3), (150, 130, 100), np.uint8)
+        for f in range(T):
+            y, x = 2 + 4 * (e % 3), f
+            img[f, y:y + 4, x:x + 4] = (220 - 30 * (e // 3), 40, 30)  # twins: a slightly darker square
+        img = img + rng.integers(0, 4, img.shape, dtype=np.uint8)
+        joint = np.tile(np.linspace(0, 1, T, dtype=np.float32)[:, None], (1, 7)) + 0.05 * (e % 3)
+        action = np.concatenate([joint + 0.1, np.full((T, 1), 0.04, np.float32)], 1) + 0.01 * np.arange(T)[:, None]
+        buf.add_episode({"img_front": img, "joint_pos": joint.astype(np.float32),
+                         "gripper": np.full((T, 1), 0.04, np.float32), "action": action.astype(np.float32)},
+                        episode_seed=e, episode_success=True)
+    return path
+
+
+ARGS = ["--image-keys", "img_front", "--lowdim-keys", "joint_pos,gripper", "--horizon", "8", "--n-obs-steps", "2",
+        "--n-action-steps", "4", "--holdout-ratio", "0.2", "--alt-image-size", "16", "--embed-dim", "16",
+        "--index-encoding", "float32"]  # exact similarities: a training frame finds itself, not its twin
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("alt")
+    ds = make_dataset(root / "ds")
+    out = root / "alt"
+    assert main(["train", "--policy", "alt", "--dataset", str(ds), "--out", str(out), "--steps", "150",
+                 "--batch-size", "32", "--lr", "3e-3", "--warmup-steps", "10", *ARGS]) == 0
+    torch.set_num_threads(n)
+    return {"root": root, "ds": ds, "out": out}
+
+
+def observation(buffer, episode, frame):
+    data = buffer.get_episode(episode, ["img_front", "joint_pos", "gripper"])
+    rows = np.clip(np.arange(frame - 1, frame + 1), 0, None)
+    return {k: v[rows] for k, v in data.items()}
+
+
+def test_nt_xent_prefers_matching_views():
+    z = torch.nn.functional.normalize(torch.randn(8, 4), dim=1)
+    other = torch.nn.functional.normalize(torch.randn(8, 4), dim=1)
+    assert nt_xent(z, z, 0.1) < nt_xent(z, other, 0.1)
+
+
+def test_augmentations_keep_shape_and_range():
+    torch.manual_seed(0)
+    x = torch.rand(5, 3, 16, 16)
+    crop = random_resized_crop(x, (0.5, 1.0), (0.8, 1.25))
+    jitter = colour_jitter(x, 0.3, 0.3, 0.3, 0.1)
+    assert crop.shape == x.shape and jitter.shape == x.shape
+    assert 0.0 <= float(jitter.min()) and float(jitter.max()) <= 1.0
+    # the identity crop returns the image
+    torch.testing.assert_close(random_resized_crop(x, (1.0, 1.0), (1.0, 1.0)), x, atol=1e-5, rtol=0)
+
+
+def test_model_directory_holds_table_threshold_and_report(model):
+    cfg = json.loads((model["out"] / "config.json").read_text())
+    assert cfg["policy_type"] == "alt"
+    assert len(cfg["ood"]["calibration_episodes"]) == 1 and cfg["ood"]["quantile"] == 0.99
+    assert sorted(cfg["table"]["episodes"] + cfg["ood"]["calibration_episodes"]) == list(range(6))
+    assert cfg["table"]["frames"] == 5 * T
+    report = json.loads((model["out"] / "ood_eval.json").read_text())
+    assert set(report["perturbations"]) == {"cube_colour", "global_colour", "camera_shift", "noise", "unrelated"}
+    assert all(0.0 <= v["auroc"] <= 1.0 for v in report["perturbations"].values())
+
+
+def test_training_frame_returns_its_stored_chunk(model, one_torch_thread):
+    buf = ReplayBuffer.open(model["ds"])
+    policy = load_policy(model["out"])
+    assert isinstance(policy, ALTPolicy) and policy.nfe == 1
+    table_episodes = json.loads((model["out"] / "config.json").read_text())["table"]["episodes"]
+    actions = {e: buf.get_episode(e, ["action"])["action"] for e in table_episodes}
+    for episode, frame in ((table_episodes[0], 0), (table_episodes[1], 5), (table_episodes[-1], T - 1)):
+        chunk = policy.act(observation(buf, episode, frame))
+        want = actions[episode][np.clip(np.arange(frame - 1, frame + 7), 0, T - 1)]  # last action repeated
+        np.testing.assert_array_equal(chunk, want)
+        assert (policy.last_ood.episode, policy.last_ood.frame) == (episode, frame)
+        assert policy.last_ood.score < 1e-2 and not policy.last_ood.flag
+
+
+def test_ood_flag_fires_on_an_unrelated_image(model, one_torch_thread):
+    buf = ReplayBuffer.open(model["ds"])
+    policy = load_policy(model["out"])
+    holdout = json.loads((model["out"] / "config.json").read_text())["ood"]["calibration_episodes"][0]
+    obs = observation(buf, holdout, 6)
+    assert not policy.ood(obs).flag  # an unseen episode of the same task
+    board = perturb_images(obs["img_front"], "unrelated", np.random.default_rng(0))
+    verdict = policy.ood({**obs, "img_front": board})
+    assert verdict.flag and verdict.score > policy.threshold
+    assert policy.ood_score({**obs, "img_front": board}) == pytest.approx(verdict.score)
+    emb = policy.encode(obs)
+    assert emb.shape == (16,) and np.linalg.norm(emb) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_reloaded_model_acts_identically_and_foreign_weights_are_refused(model, tmp_path):
+    import shutil
+
+    buf = ReplayBuffer.open(model["ds"])
+    obs = observation(buf, 2, 3)
+    np.testing.assert_array_equal(load_policy(model["out"]).act(obs), load_policy(model["out"]).act(obs))
+    copy = tmp_path / "copy"
+    shutil.copytree(model["out"], copy)
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(str(copy / "model.safetensors"))
+    weights = {k: v + 0.01 if v.is_floating_point() else v for k, v in weights.items()}
+    save_file(weights, str(copy / "model.safetensors"))
+    with pytest.raises(ModelFileError, match="built from embedding model"):
+        load_policy(copy)
+
+
+def test_too_few_episodes_and_bad_options(tmp_path, caplog):
+    ds = make_dataset(tmp_path / "one", n_episodes=1)
+    settings = TrainSettings(steps=1, batch_size=4)
+    with pytest.raises(DatasetError, match="ALT needs at least 2"):
+        train_alt(str(ds), str(tmp_path / "m"), ALTConfig(), settings, image_keys=("img_front",))
+    with pytest.raises(Exception, match="holdout_ratio"):
+        ALTConfig(holdout_ratio=0.0)
+    with caplog.at_level(logging.ERROR, logger="fastdp"):
+        assert main(["eval", str(tmp_path / "missing")]) == 2

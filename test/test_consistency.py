@@ -1,0 +1,126 @@
+"""Consistency Policy and RACTD: start as the teacher, distil end to end, reward term's sign,
+bad input rejected before training."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from fastdp_ros.errors import ConfigError, DatasetError
+from fastdp_ros.policies import load_policy
+from fastdp_ros.policies.consistency import ConsistencyConfig, ConsistencyDistillation, distill_consistency
+from fastdp_ros.policies.distill import load_teacher
+from fastdp_ros.policies.ractd import distill_ractd
+from fastdp_ros.policies.training import TrainSettings
+from test_dp import make_dataset, obs_of, train_tiny
+
+
+@pytest.fixture(scope="module")
+def edm_teacher(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("edm_teacher")
+    out, _ = train_tiny(path, steps=300, noise_model="edm", sampler="edm", num_inference_steps=6)
+    return out, path / "ds"
+
+
+def settings(steps):
+    return TrainSettings(steps=steps, batch_size=16, warmup_steps=1, val_every=10**6, ckpt_every=10**6, seed=0)
+
+
+def batch_of(sign, n=8):
+    obs = {k: torch.from_numpy(np.repeat(v[None], n, 0)) for k, v in obs_of(sign).items()}
+    return obs
+
+
+def test_student_starts_as_the_teachers_denoiser(edm_teacher):
+    model_dir, _ = edm_teacher
+    teacher = load_teacher(model_dir, "edm", "test")
+    module = ConsistencyDistillation(teacher, ConsistencyConfig())
+    obs = batch_of(1.0, 4)
+    x = torch.randn(4, 8, 8) * 3.0
+    t = torch.full((4,), 3.0)
+    with torch.no_grad():
+        cond = teacher.model.encode(obs)
+        expected = teacher.model.edm_denoiser(x, t, cond)
+        for s in (0.0, 0.5, 2.0):  # the s columns start at zero: g ignores s
+            got = module.student.denoise(x, t, torch.full((4,), s), cond)
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+        # G(x_t, t, t) = x_t: a jump to the same level goes nowhere
+        torch.testing.assert_close(module.student(x, t, t, cond), x)
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_consistency_distils_end_to_end(edm_teacher, tmp_path, steps):
+    model_dir, dataset = edm_teacher
+    out = tmp_path / "cp"
+    result = distill_consistency(str(model_dir), str(dataset), str(out), ConsistencyConfig(), settings(15))
+    assert np.isfinite(result.final_loss)
+    policy = load_policy(out, steps=steps)
+    assert policy.policy_type == "consistency" and policy.nfe == steps
+    chunk = policy.act(obs_of(1.0))
+    assert chunk.shape == (8, 8) and np.all(np.isfinite(chunk))
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["provenance"]["teacher"] == str(model_dir.resolve())
+    with pytest.raises(ConfigError, match="not a sampler"):
+        load_policy(out, sampler="ddim")
+
+
+def test_onnxruntime_engine_matches_eager_for_three_steps(edm_teacher, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from fastdp_ros.engines import load_engine_policy
+
+    model_dir, dataset = edm_teacher
+    out = tmp_path / "cp"
+    distill_consistency(str(model_dir), str(dataset), str(out), ConsistencyConfig(inference_steps=3), settings(2))
+    eager = load_policy(out, seed=2)
+    engine = load_engine_policy(out, backend="onnxruntime", seed=2, threads=1)
+    assert engine.nfe == 3
+    np.testing.assert_allclose(engine.act(obs_of(-1.0)), eager.act(obs_of(-1.0)), atol=1e-4)
+
+
+class PreferFirstJointUp(torch.nn.Module):
+    """A reward that only likes a larger first joint target."""
+
+    def forward(self, cond, action):
+        return action[:, 0]
+
+
+def test_reward_term_moves_actions_toward_the_reward(edm_teacher, tmp_path):
+    model_dir, dataset = edm_teacher
+    plain, rewarded = tmp_path / "plain", tmp_path / "rewarded"
+    torch.manual_seed(0)
+    distill_ractd(str(model_dir), str(dataset), str(plain), ConsistencyConfig(reward_weight=0.0, lr=1e-3),
+                  settings(60), reward_model=PreferFirstJointUp())
+    torch.manual_seed(0)
+    distill_ractd(str(model_dir), str(dataset), str(rewarded), ConsistencyConfig(reward_weight=5.0, lr=1e-3),
+                  settings(60), reward_model=PreferFirstJointUp())
+
+    def first_joint(path):
+        policy = load_policy(path, seed=0)
+        assert policy.policy_type == "ractd"
+        return np.mean([policy.act(obs_of(s))[1, 0] for s in (1.0, -1.0) for _ in range(4)])
+
+    assert first_joint(rewarded) > first_joint(plain) + 0.05
+
+
+def test_ractd_fits_a_reward_model_and_records_it(edm_teacher, tmp_path):
+    model_dir, dataset = edm_teacher
+    out = tmp_path / "ractd"
+    distill_ractd(str(model_dir), str(dataset), str(out), ConsistencyConfig(), settings(3), reward_steps=20)
+    prov = json.loads((out / "config.json").read_text())["provenance"]
+    assert prov["reward_fit_steps"] == 20 and np.isfinite(prov["reward_fit_loss"])
+
+
+def test_bad_input_fails_before_training(edm_teacher, tmp_path):
+    model_dir, dataset = edm_teacher
+    ddpm_dir, _ = train_tiny(tmp_path / "ddpm", steps=2)
+    with pytest.raises(ConfigError, match="needs a edm teacher"):
+        distill_consistency(str(ddpm_dir), str(dataset), str(tmp_path / "a"), ConsistencyConfig(), settings(1))
+    lowdim = make_dataset(tmp_path / "lowdim", images=False)
+    with pytest.raises(DatasetError, match="img_front"):
+        distill_consistency(str(model_dir), str(lowdim), str(tmp_path / "b"), ConsistencyConfig(), settings(1))
+    no_reward = make_dataset(tmp_path / "no_reward", rewards=False)
+    with pytest.raises(DatasetError, match="reward"):
+        distill_ractd(str(model_dir), str(no_reward), str(tmp_path / "c"), ConsistencyConfig(), settings(1))
+    assert not any((tmp_path / d).exists() for d in "abc")

@@ -1,0 +1,75 @@
+"""`fastdp export` and `fastdp bench` on a tiny model."""
+
+import json
+import logging
+
+import pytest
+
+from fastdp_ros.cli.main import main
+from test_engines import make_model
+
+pytest.importorskip("onnxruntime")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return make_model(tmp_path_factory.mktemp("cli") / "tiny_dp")
+
+
+def test_export_builds_then_reuses(model, caplog):
+    argv = ["export", str(model), "--backend", "onnxruntime", "--threads", "1"]
+    with caplog.at_level(logging.INFO, logger="fastdp_ros.cli.export"):
+        assert main(argv) == 0
+        assert "built in" in caplog.text and "parity: max |engine - eager|" in caplog.text
+        caplog.clear()
+        assert main(argv) == 0
+        assert "reused from the cache" in caplog.text
+    assert (model / "engines").is_dir()
+
+
+def test_bench_writes_json_markdown_and_plot(model, tmp_path):
+    out = tmp_path / "bench"
+    assert main(["bench", str(model), "--backend", "torch,onnxruntime", "--calls", "20", "--warmup", "2",
+                 "--threads", "1", "--out", str(out)]) == 0
+    report = json.loads((out / "bench.json").read_text())
+    rows = {r["backend"]: r for r in report["rows"]}
+    assert set(rows) == {"torch", "onnxruntime"} and report["baseline"] == "tiny_dp/torch"
+    assert rows["torch"]["speedup"] == 1.0
+    for r in rows.values():
+        assert r["error"] is None and r["nfe"] == 4 and r["parameters"] > 0
+        assert r["latency_ms"]["count"] == 20
+        assert 0 < r["latency_ms"]["p50"] <= r["latency_ms"]["p90"] <= r["latency_ms"]["p99"]
+        assert r["replan_hz"] == pytest.approx(1000 / r["latency_ms"]["p99"])
+        assert r["peak_rss_mb"] > 0
+    assert rows["onnxruntime"]["parity_max_abs_diff"] < 1e-4
+    assert report["command"].startswith("fastdp bench ")
+    table = (out / "bench.md").read_text()
+    assert table.count("| tiny_dp | dp |") == 2
+    assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_records_unavailable_backends_and_eval_results(model, tmp_path):
+    report_file = tmp_path / "eval.json"
+    report_file.write_text(json.dumps({"success_rate": 0.75, "extra": {"model": str(model)}}))
+    out = tmp_path / "bench"
+    assert main(["bench", str(model), "--backend", "torch,tensorrt", "--calls", "5", "--warmup", "1",
+                 "--threads", "1", "--out", str(out), "--eval", str(report_file)]) == 0
+    rows = {r["backend"]: r for r in json.loads((out / "bench.json").read_text())["rows"]}
+    assert rows["torch"]["success_rate"] == 0.75
+    assert rows["tensorrt"]["error"] and rows["tensorrt"]["latency_ms"] == {}
+    assert "not run:" in (out / "bench.md").read_text()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["bench", "{model}", "--backend", "torch,trt", "--out", "{tmp}/b"], "unknown backend(s) ['trt']"),
+    (["bench", "{model}", "--calls", "0", "--out", "{tmp}/b"], "--calls must be >= 1"),
+    (["export", "{tmp}/missing", "--backend", "onnxruntime"], "does not exist"),
+    (["export", "{model}", "--backend", "onnxruntime", "--precision", "fp16"], "TensorRT provider only"),
+])
+def test_bad_input_is_one_clear_error(model, tmp_path, caplog, argv, message):
+    argv = [a.format(model=model, tmp=tmp_path) for a in argv]
+    with caplog.at_level(logging.ERROR, logger="fastdp"):
+        assert main(argv) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and message in errors[0], errors

@@ -1,0 +1,62 @@
+"""Backends that need a GPU, TensorRT or minutes of CPU compile time; each skips with its reason."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from fastdp_ros.engines import load_engine_policy
+from fastdp_ros.policies import load_policy
+from test_engines import make_model, observation
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    return make_model(tmp_path_factory.mktemp("gpu") / "dp")
+
+
+@pytest.mark.skipif(os.environ.get("FASTDP_TEST_COMPILE") != "1",
+                    reason="torch.compile of the act() step takes ~70 s on the 2-core CPU; set FASTDP_TEST_COMPILE=1")
+def test_torch_compile_matches_eager_and_persists_kernels(tiny_model, tmp_path):
+    engine = load_engine_policy(tiny_model, "torch_compile", seed=2, cache_dir=tmp_path, warmup=1)
+    assert engine.info.built and engine.info.parity_max_abs_diff <= engine.info.parity_tolerance
+    eager = load_policy(tiny_model, seed=2)
+    obs = observation(eager.spec)
+    np.testing.assert_allclose(engine.act(obs), eager.act(obs), atol=1e-4)
+    assert not load_engine_policy(tiny_model, "torch_compile", cache_dir=tmp_path, warmup=1).info.built
+
+
+@needs_cuda
+def test_torch_cuda_graph_matches_eager(tiny_model):
+    engine = load_engine_policy(tiny_model, "torch", device="cuda", seed=4)
+    assert "CUDA graph" in engine.info.description
+    assert engine.info.parity_max_abs_diff <= engine.info.parity_tolerance
+    eager = load_policy(tiny_model, seed=4)  # CPU eager: same CPU-drawn noise
+    obs = observation(eager.spec)
+    np.testing.assert_allclose(engine.act(obs), eager.act(obs), atol=1e-3)
+
+
+@needs_cuda
+def test_onnxruntime_cuda_provider(tiny_model, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)")
+    engine = load_engine_policy(tiny_model, "onnxruntime", device="cuda", cache_dir=tmp_path)
+    assert engine.info.parity_max_abs_diff <= engine.info.parity_tolerance
+
+
+@needs_cuda
+@pytest.mark.parametrize("precision", ["fp16", "fp32"])
+def test_tensorrt_parity_and_cache(tiny_model, tmp_path, precision):
+    pytest.importorskip("torch_tensorrt", reason="torch-tensorrt is not installed")
+    engine = load_engine_policy(tiny_model, "tensorrt", device="cuda", precision=precision, cache_dir=tmp_path)
+    assert engine.info.built and engine.info.parity_max_abs_diff <= engine.info.parity_tolerance
+    again = load_engine_policy(tiny_model, "tensorrt", device="cuda", precision=precision, cache_dir=tmp_path)
+    assert not again.info.built
+    obs = observation(engine.spec)
+    assert np.all(np.isfinite(again.act(obs)))
