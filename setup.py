@@ -48,6 +48,8 @@ setup(
         "onnxruntime>=1.17",
         "faiss-cpu>=1.7.4",  # retrieval (RAGDP, ALT) and the OOD monitor; GPU users may swap in faiss-gpu
         "matplotlib>=3.5",  # fastdp bench's plot
+        "Pillow>=9",  # decodes sensor_msgs/CompressedImage (jpeg, png) in the nodes without OpenCV; .gif videos
+        "PyYAML>=5.4",  # config/policies.yaml (policy names -> model directories)
     ],
     extras_require={
         "dev": ["pytest>=7", "hypothesis>=6", "rosbags>=0.10"],
@@ -60,6 +62,10 @@ setup(
     entry_points={
         "console_scripts": [
             "fastdp = fastdp_ros.cli.main:main",
+            # ROS 2 executables: `ros2 run fastdp_ros <name>` (setup.cfg installs them in lib/fastdp_ros)
+            "policy_node = fastdp_ros.nodes.policy_node:main",
+            "ood_monitor_node = fastdp_ros.nodes.ood_monitor_node:main",
+            "sim_node = fastdp_ros.nodes.sim_node:main",
         ],
     },
 )

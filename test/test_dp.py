@@ -114,3 +114,22 @@ def test_mismatched_config_clear_error(tmp_path):
     (out / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ModelFileError, match="does not match the network"):
         load_policy(out)
+
+
+def test_relative_actions_train_act_and_round_trip(tmp_path):
+    out, result = train_tiny(tmp_path, steps=300, relative_to="joint_pos")
+    assert result.final_loss < result.first_loss / 2
+    policy = load_policy(out)
+    model = policy.model
+    obs = {k: torch.from_numpy(v)[None] for k, v in obs_of(1.0).items()}
+    reference = model.action_reference(obs)
+    assert reference.shape == (1, 7)
+    action = torch.randn(1, 8, 8)
+    back = model.unnormalize_action(model.normalize_action(action, reference), reference)
+    torch.testing.assert_close(back, action, rtol=1e-5, atol=1e-5)
+    # the arm part is learned as an offset from the current joints: the chunk follows them
+    for sign in (1.0, -1.0):
+        chunk = policy.act(obs_of(sign))
+        assert np.sign(chunk[:, :7].mean()) == sign
+    with pytest.raises(Exception, match="relative to 'joint_pos'"):
+        model.normalize_action(action)

@@ -49,7 +49,8 @@ def add_parser(sub) -> None:
     p.add_argument("--steps", type=int, default=None, help="sampling steps (ddim / edm)")
     p.add_argument("--device", default="cpu", help="torch device for inference")
     p.add_argument("--torch-threads", type=int, default=None,
-                   help="intra-op threads for inference; when omitted, all cores but one (kept for the loop)")
+                   help="intra-op threads for inference (torch and onnxruntime); when omitted, all cores but "
+                        "one (kept for the loop)")
     p.add_argument("--ood-dataset", default=None,
                    help="enable the OOD monitor: training embeddings and threshold from this dataset")
     p.add_argument("--ood-model", default=None, help="the OOD monitor's encoder; when omitted, a second copy of MODEL")
@@ -135,7 +136,10 @@ def run(args) -> int:
 
     import torch
 
-    torch.set_num_threads(args.torch_threads or max(1, (os.cpu_count() or 2) - 1))
+    threads = args.torch_threads or max(1, (os.cpu_count() or 2) - 1)
+    torch.set_num_threads(threads)
+    if args.backend == "onnxruntime":
+        options["threads"] = threads  # leave a core for the loop, like torch
     loader = default_loader()
     policy = resolve_loader(loader, args.backend)(args.model, **options)
     spec = policy.spec

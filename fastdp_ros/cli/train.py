@@ -46,6 +46,8 @@ def add_parser(sub) -> None:
     g.add_argument("--horizon", type=int, default=16)
     g.add_argument("--n-obs-steps", type=int, default=2)
     g.add_argument("--n-action-steps", type=int, default=8)
+    g.add_argument("--relative-actions", action="store_true",
+                   help="learn the arm's targets relative to the current joint positions (joint_pos)")
     n = p.add_argument_group("network and diffusion")
     n.add_argument("--backbone", default="small_cnn", help="small_cnn | resnet18")
     n.add_argument("--pool", default="spatial_softmax", help="spatial_softmax | avg")
@@ -78,6 +80,7 @@ def run(args) -> int:
     edm = args.noise_model == "edm"
     config = DiffusionPolicyConfig(
         backbone=args.backbone, pool=args.pool, down_dims=args.down_dims, noise_model=args.noise_model,
+        relative_to="joint_pos" if args.relative_actions else "",
         sampler="edm" if edm else "ddpm",
         num_inference_steps=args.num_inference_steps or (18 if edm else 100),
         batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps,

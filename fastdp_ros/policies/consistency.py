@@ -145,7 +145,7 @@ class ConsistencyActGraph(nn.Module):
             x0 = self.student.denoise(x, _levels(x, t), _levels(x, 0.0), cond)  # G(x, t, 0) = g(x, t, 0)
             if i + 1 < len(self.chain):
                 x = x0 + self.chain[i + 1] * step_noise[i]
-        return model.unnormalize_action(x0.clamp(-1.0, 1.0))
+        return model.unnormalize_action(x0.clamp(-1.0, 1.0), model.action_reference(obs))
 
 
 def inference_chain(network: DiffusionPolicyConfig, steps: int) -> tuple[float, ...]:
@@ -190,7 +190,7 @@ class ConsistencyDistillation(FrozenTrainMode):
     def losses(self, batch: dict) -> dict[str, torch.Tensor]:
         obs = batch["obs"]
         model = self.student.model
-        x0 = model.normalize_action(batch["action"].float())
+        x0 = model.normalize_action(batch["action"].float(), model.action_reference(obs))
         b = x0.shape[0]
         cond = model.encode(obs)
         with torch.no_grad():

@@ -59,6 +59,9 @@ class DiffusionPolicyConfig:
     diffusion_step_embed_dim: int = 128
     kernel_size: int = 5
     n_groups: int = 8
+    # actions: absolute targets, or the arm part relative to the current value of this low-dim
+    # key (e.g. "joint_pos"): small offsets normalize to a much finer grid than absolute angles
+    relative_to: str = ""
     # diffusion
     noise_model: str = "ddpm"  # ddpm | edm
     num_train_timesteps: int = 100
@@ -159,6 +162,12 @@ class DiffusionPolicyModel(nn.Module):
             diffusion_step_embed_dim=config.diffusion_step_embed_dim, down_dims=config.down_dims,
             kernel_size=config.kernel_size, n_groups=config.n_groups,
         )
+        self.relative_dims = 0
+        if config.relative_to:
+            if config.relative_to not in spec.lowdim_dims:
+                raise ConfigError(f"relative_to={config.relative_to!r} is not a low-dimensional input of "
+                                  f"this policy ({list(spec.lowdim_dims)})")
+            self.relative_dims = min(spec.lowdim_dims[config.relative_to], spec.action_dim)
         self.register_buffer("action_scale", torch.as_tensor(scale[spec.action_key], dtype=torch.float32))
         self.register_buffer("action_offset", torch.as_tensor(offset[spec.action_key], dtype=torch.float32))
         if config.noise_model == "ddpm":
@@ -172,11 +181,31 @@ class DiffusionPolicyModel(nn.Module):
         feats = self.obs_encoder(self.preprocess(obs))  # (B, n_obs, F)
         return feats.flatten(start_dim=1)
 
-    def normalize_action(self, action: torch.Tensor) -> torch.Tensor:
-        return action * self.action_scale + self.action_offset
+    def action_reference(self, obs: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """What relative actions are relative to: the current (last observed) value of the
+        `relative_to` key, raw, (B, n); None for absolute actions."""
+        key = self.config.relative_to
+        if not key:
+            return None
+        return obs[key][:, -1, : self.relative_dims].float()
 
-    def unnormalize_action(self, naction: torch.Tensor) -> torch.Tensor:
-        return (naction - self.action_offset) / self.action_scale
+    def _shift(self, action: torch.Tensor, reference: torch.Tensor | None, sign: float) -> torch.Tensor:
+        if not self.config.relative_to:
+            return action
+        if reference is None:
+            raise ConfigError(f"this model's actions are relative to {self.config.relative_to!r}: "
+                              f"pass its current value")
+        ref = reference if action.dim() == 2 else reference.unsqueeze(1)
+        n = self.relative_dims
+        return torch.cat([action[..., :n] + sign * ref.to(action.dtype), action[..., n:]], dim=-1)
+
+    def normalize_action(self, action: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:
+        """Robot-unit actions (B, [T,] Da) -> the network's normalized frame."""
+        return self._shift(action, reference, -1.0) * self.action_scale + self.action_offset
+
+    def unnormalize_action(self, naction: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:
+        """The network's normalized actions -> robot units (absolute targets)."""
+        return self._shift((naction - self.action_offset) / self.action_scale, reference, +1.0)
 
     def denoise_fn(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         return self.unet(x, t, cond)
@@ -211,7 +240,7 @@ class DiffusionPolicyModel(nn.Module):
     def compute_loss(self, batch: dict) -> torch.Tensor:
         """Denoising loss on a batch {"obs": {key: (B, n_obs, ...)}, "action": (B, horizon, Da)}."""
         cond = self.encode(batch["obs"])
-        x0 = self.normalize_action(batch["action"].float())
+        x0 = self.normalize_action(batch["action"].float(), self.action_reference(batch["obs"]))
         noise = torch.randn_like(x0)
         if self.config.noise_model == "ddpm":
             t = self.train_sampler.sample_timesteps(x0.shape[0], device=x0.device)
@@ -240,7 +269,8 @@ class ActGraph(nn.Module):
     def forward(self, obs: dict[str, torch.Tensor], noise: torch.Tensor,
                 step_noise: torch.Tensor | None = None) -> torch.Tensor:
         cond = self.model.encode(obs)
-        return self.model.unnormalize_action(self.loop(cond, noise, step_noise=step_noise))
+        return self.model.unnormalize_action(self.loop(cond, noise, step_noise=step_noise),
+                                             self.model.action_reference(obs))
 
 
 @register_policy("dp")
@@ -365,14 +395,37 @@ def make_spec_from_dataset(buffer, image_keys, lowdim_keys, horizon: int, n_obs_
     )
 
 
-def fit_normalizer(buffer, spec: PolicySpec):
-    """Normalizer of a policy: low-dim inputs and actions to [-1, 1], images by the encoder."""
+def fit_normalizer(buffer, spec: PolicySpec, relative_to: str = ""):
+    """Normalizer of a policy: low-dim inputs and actions to [-1, 1], images by the encoder.
+    With `relative_to`, the action statistics are those of the relative chunks training sees."""
     from fastdp_ros.data import Normalizer
 
     modes = {k: "limits" for k in spec.lowdim_dims}
     modes[spec.action_key] = "limits"
     modes.update({k: "image" for k in spec.image_keys})
-    return Normalizer.fit(buffer, modes)
+    data = {k: buffer[k] for k in modes if k in buffer}
+    if relative_to:
+        data[spec.action_key] = relative_action_chunks(buffer, spec, relative_to)
+    return Normalizer.fit(data, modes)
+
+
+def relative_action_chunks(buffer, spec: PolicySpec, relative_to: str) -> np.ndarray:
+    """Every action a training window holds, minus (on the arm part) the value of `relative_to`
+    at the window's current step: (windows x horizon, action_dim). Edge-padded like the windows."""
+    action = np.asarray(buffer[spec.action_key][:], np.float64)
+    reference = np.asarray(buffer[relative_to][:], np.float64)
+    n = min(reference.shape[1], action.shape[1])
+    ends = np.asarray(buffer.episode_ends[:])
+    starts = np.concatenate([[0], ends[:-1]])
+    offsets = np.arange(spec.horizon) - (spec.n_obs_steps - 1)
+    out = []
+    for lo, hi in zip(starts, ends):
+        now = np.arange(lo, hi)
+        rows = np.clip(now[:, None] + offsets[None, :], lo, hi - 1)  # (L, horizon)
+        chunk = action[rows].copy()
+        chunk[..., :n] -= reference[now][:, None, :n]
+        out.append(chunk.reshape(-1, action.shape[1]))
+    return np.concatenate(out).astype(np.float32)
 
 
 def demonstration_episodes(buffer) -> np.ndarray:
@@ -405,7 +458,7 @@ def train_diffusion_policy(dataset: str, out: str, config: DiffusionPolicyConfig
         raise DatasetError(f"dataset {dataset} has no usable episodes")
     tr, va = split_episodes(len(episodes), val_ratio=val_ratio if len(episodes) > 1 else 0.0, seed=settings.seed)
     train_eps, val_eps = episodes[tr], episodes[va]
-    normalizer = fit_normalizer(buffer, spec)
+    normalizer = fit_normalizer(buffer, spec, config.relative_to)
     keys = list(spec.obs_keys)
     train_set = WindowDataset(buffer, keys, spec.action_key, n_obs_steps, horizon, n_action_steps, episodes=train_eps)
     val_set = (WindowDataset(buffer, keys, spec.action_key, n_obs_steps, horizon, n_action_steps, episodes=val_eps)

@@ -119,7 +119,8 @@ class OneDPActGraph(nn.Module):
             batch = next(iter(obs.values())).shape[0]
             noise = torch.zeros((batch, *self.shape), device=self.generator.model.action_scale.device)
         action = self.generator(obs, noise).clamp(-1.0, 1.0)
-        return self.generator.model.unnormalize_action(action)
+        model = self.generator.model
+        return model.unnormalize_action(action, model.action_reference(obs))
 
 
 class OneDPDistillation(FrozenTrainMode):

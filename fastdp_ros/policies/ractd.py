@@ -54,7 +54,8 @@ def _reward_batch(teacher: Teacher, batch: dict) -> tuple[torch.Tensor, torch.Te
     first = teacher.spec.n_obs_steps - 1
     with torch.no_grad():
         cond = teacher.model.encode(batch["obs"])
-        action = teacher.model.normalize_action(batch["action"][:, first].float())
+        action = teacher.model.normalize_action(batch["action"][:, first].float(),
+                                                teacher.model.action_reference(batch["obs"]))
     reward = batch["obs"][REWARD_KEY][:, -1].float().reshape(-1)
     return cond, action, reward
 

@@ -189,10 +189,11 @@ class RetrievalRefiner(nn.Module):
         self.nfe = self.loop.nfe
 
     def forward(self, cond: torch.Tensor, retrieved: torch.Tensor, noise: torch.Tensor,
-                step_noise: torch.Tensor | None = None) -> torch.Tensor:
-        x0 = self.model.normalize_action(retrieved)
+                step_noise: torch.Tensor | None = None, reference: torch.Tensor | None = None) -> torch.Tensor:
+        """reference: the base model's action_reference(obs) (None for absolute actions)."""
+        x0 = self.model.normalize_action(retrieved, reference)
         x0 = x0 if self.loop.start_index > 0 else None
-        return self.model.unnormalize_action(self.loop(cond, noise, x0, step_noise))
+        return self.model.unnormalize_action(self.loop(cond, noise, x0, step_noise), reference)
 
 
 @register_policy("ragdp")
@@ -265,7 +266,8 @@ class RAGDPPolicy(Policy):
 
     @torch.inference_mode()
     def _act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
-        cond = self.model.encode(self._tensors(obs))
+        tensors = self._tensors(obs)
+        cond = self.model.encode(tensors)
         found = self.index.search(cond.float().cpu().numpy(), self.config.k)
         row = self._choose(found.ids[0])
         position = int(np.flatnonzero(found.ids[0] == row)[0])
@@ -280,7 +282,8 @@ class RAGDPPolicy(Policy):
         step_noise = None
         if getattr(sampler, "stochastic", False):
             step_noise = torch.randn((sampler.num_steps, *shape), generator=self.generator, device=self.device)
-        return self.refiner(cond, retrieved, noise, step_noise)[0].cpu().numpy()
+        reference = self.model.action_reference(tensors)
+        return self.refiner(cond, retrieved, noise, step_noise, reference)[0].cpu().numpy()
 
     def memory_bytes(self) -> int:
         """Weights and buffers of the base model plus the index's vectors and row table."""

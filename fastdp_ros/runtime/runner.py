@@ -161,9 +161,10 @@ def resolve_loader(loader: Callable[..., Any], backend: str = DEFAULT_BACKEND) -
 
 
 def default_loader() -> Callable[..., Any]:
-    from fastdp_ros.policies.base import load_policy
+    """Model directory -> Policy on the chosen backend (torch, torch_compile, onnxruntime, tensorrt)."""
+    from fastdp_ros.engines import load_engine_policy
 
-    return load_policy
+    return load_engine_policy
 
 
 def synthetic_observation(spec: PolicySpec) -> dict[str, np.ndarray]:

@@ -1,0 +1,263 @@
+"""What the OOD-monitor node does, without ROS.
+
+The monitor is independent of the policy node: its own encoder and training-set index, loaded
+from a model directory, on the same camera and joint topics. Two kinds of scorer:
+
+  ALT model       its encoder + lookup table (the index inside the model directory) and the
+                  threshold calibrated at training: score = 1 - cosine similarity to the
+                  nearest training frame
+  any other model its `encode` + kNN distance to the training embeddings of `ood_dataset`,
+                  threshold calibrated on held-out episodes (runtime.ood.monitor_from_dataset)
+
+Scoring runs in a worker thread on the newest observation (never queued), at most
+`max_check_rate` times a second. `debounce` consecutive checks over the threshold latch the
+stop. Watchdogs latch it too: a sensor stream that has started and then goes silent for
+longer than its max age, and the policy's command stream once it has started and then
+pauses for longer than `command_timeout`. The stop stays latched until `reset()`
+(the node's `~/reset` service).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from fastdp_ros.errors import ConfigError
+from fastdp_ros.nodes.catalog import ModelEntry
+from fastdp_ros.nodes.conversions import DiagnosticEntry
+from fastdp_ros.nodes.parameters import MONITOR_NODE_NAME
+from fastdp_ros.nodes.sensors import SensorConfig, SensorIntake
+from fastdp_ros.runtime.buffer import ObservationBuffer
+from fastdp_ros.runtime.watchdog import StopLatch
+from fastdp_ros.runtime.worker import InferenceWorker, LatencyRecord
+
+log = logging.getLogger(__name__)
+
+
+class AltScorer:
+    """An ALT model's own OOD score (1 - cosine similarity to the nearest training frame)."""
+
+    kind = "alt"
+
+    def __init__(self, policy):
+        self.policy = policy
+        self.spec = policy.spec
+        self.threshold = float(policy.threshold)
+
+    def score(self, obs: dict) -> float:
+        return float(self.policy.ood_score(obs))
+
+
+class KnnScorer:
+    """An encoder's kNN distance to training embeddings (runtime.ood.OODMonitor's score)."""
+
+    kind = "knn"
+
+    def __init__(self, monitor):
+        self.monitor = monitor
+        self.spec = monitor.spec
+        self.threshold = float(monitor.threshold)
+
+    def score(self, obs: dict) -> float:
+        return float(self.monitor.score(obs))
+
+
+def build_scorer(entry: ModelEntry, params: dict, loader: Callable[..., Any] | None = None):
+    """The scorer of a model directory: ALT's own, or a kNN monitor over `ood_dataset`."""
+    if loader is None:
+        from fastdp_ros.policies.base import load_policy as loader
+    options = {"device": params["device"], **entry.options}
+    if entry.policy_type == "alt" and not params["ood_dataset"]:
+        return AltScorer(loader(str(entry.path), **options))
+    if not params["ood_dataset"]:
+        raise ConfigError(f"{entry.path} is a {entry.policy_type!r} model without an OOD index of its own (only "
+                          f"ALT models have one): set ood_dataset to the dataset it was trained on")
+    from fastdp_ros.runtime.ood import monitor_from_dataset
+
+    samples, quantile = int(params["ood_samples"]), float(params["ood_quantile"])
+    if samples < 1 or not 0.0 < quantile < 1.0:
+        raise ConfigError(f"need ood_samples >= 1 and 0 < ood_quantile < 1, got {samples}, {quantile}")
+    encoder = loader(str(entry.path), **options)
+    monitor = monitor_from_dataset(encoder, params["ood_dataset"], samples=samples, quantile=quantile)
+    return KnnScorer(monitor)
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    debounce: int
+    min_check_period: float  # seconds between checks (1 / max_check_rate)
+    command_timeout: float
+    stream_max_age: float | None  # None: two recording periods of the model
+
+    @classmethod
+    def from_params(cls, params: dict) -> "MonitorConfig":
+        debounce, rate = int(params["debounce"]), float(params["max_check_rate"])
+        timeout, age = float(params["command_timeout"]), float(params["stream_max_age"])
+        if debounce < 1:
+            raise ConfigError(f"debounce must be >= 1 check, got {debounce}")
+        if not (math.isfinite(rate) and rate > 0):
+            raise ConfigError(f"max_check_rate must be > 0 Hz, got {rate}")
+        if not (math.isfinite(timeout) and timeout > 0):
+            raise ConfigError(f"command_timeout must be > 0 s, got {timeout}")
+        if not (math.isfinite(age) and age >= 0):
+            raise ConfigError(f"stream_max_age must be >= 0 s (0: the model's default), got {age}")
+        return cls(debounce, 1.0 / rate, timeout, age if age > 0 else None)
+
+
+@dataclass(frozen=True)
+class MonitorStep:
+    """What one step produced: OOD scores to publish, the stop state, whether it changed."""
+
+    scores: list[float]
+    stopped: bool
+    changed: bool
+
+
+class MonitorLogic:
+    """Sensor samples in, OOD checks in a worker thread, watchdogs, a latched stop out."""
+
+    def __init__(self, scorer, config: MonitorConfig, sensor_config: SensorConfig,
+                 clock: Callable[[], float] = time.monotonic):
+        self.scorer = scorer
+        self.config = config
+        self.clock = clock
+        self.spec = scorer.spec
+        self.buffer = ObservationBuffer.for_spec(self.spec, config.stream_max_age)
+        self.intake = SensorIntake(sensor_config, self._observe)
+        self.latch = StopLatch()
+        self.worker = InferenceWorker(scorer.score, "ood", None, clock).start()
+        self._lock = threading.Lock()
+        self._consecutive = 0
+        self._last_checked: float | None = None  # observation time of the last check
+        self._last_submit: float | None = None  # node time of the last check
+        self._last_command: float | None = None
+        self._was_stopped = False
+        self.last_score: float | None = None
+        self.counts = {"checks": 0, "over": 0, "commands": 0, "rejected_samples": 0}
+
+    def _observe(self, key: str, stamp: float, value) -> None:
+        try:
+            self.buffer.push(key, stamp, value)
+        except Exception as e:  # noqa: BLE001 - ObservationError: a bad sample cannot be trusted
+            self.counts["rejected_samples"] += 1
+            self.latch.raise_stop("observation", f"observation rejected: {e}", self.clock(), key=key)
+
+    # callbacks
+    def on_image(self, key: str, msg, now: float, compressed: bool = False) -> bool:
+        return self.intake.image(key, msg, now, compressed)
+
+    def on_joint_state(self, msg, now: float) -> bool:
+        return self.intake.joint_state(msg, now)
+
+    def on_gripper_state(self, msg, now: float) -> bool:
+        return self.intake.gripper_state(msg, now)
+
+    def on_command(self, now: float) -> None:
+        """A command of the policy arrived (its content is the policy's business)."""
+        self._last_command = float(now)
+        self.counts["commands"] += 1
+
+    # the periodic step
+    def step(self, now: float) -> MonitorStep:
+        """Collect finished checks (debounce), run the watchdogs, submit the newest observation."""
+        with self._lock:
+            scores = []
+            for result in self.worker.poll():
+                if result.error is not None:
+                    self.latch.raise_stop("ood", f"OOD encoder failed: {result.error}", now, key="encoder")
+                    continue
+                scores.append(self._record(float(result.output), now))
+            self._watchdogs(now)
+            self._submit(now)
+            stopped = self.latch.stopped
+            changed, self._was_stopped = stopped != self._was_stopped, stopped
+            return MonitorStep(scores, stopped, changed)
+
+    def _record(self, score: float, now: float) -> float:
+        threshold = self.scorer.threshold
+        over = not (score <= threshold)  # NaN and inf count as over
+        self.counts["checks"] += 1
+        self.last_score = score
+        if over:
+            self.counts["over"] += 1
+            self._consecutive += 1
+        else:
+            self._consecutive = 0
+        if over and self._consecutive >= self.config.debounce:
+            self.latch.raise_stop("ood", f"out of distribution: score {score:.3g} > threshold {threshold:.3g} for "
+                                         f"{self._consecutive} consecutive checks", now, key="ood")
+        return score
+
+    def _watchdogs(self, now: float) -> None:
+        for key, age in sorted(self.buffer.stale(now).items()):
+            if self.buffer.latest_stamp(key) is None:
+                continue  # never started: reported in diagnostics, the policy node will not move without it
+            self.latch.raise_stop("stream", f"stream {key!r} went silent: last sample {age:.3f} s ago (max "
+                                            f"{self.buffer.stream(key).max_age_s:.3f} s)", now, key=key)
+        if self._last_command is not None and now - self._last_command > self.config.command_timeout:
+            self.latch.raise_stop("command", f"the policy's command stream paused: last command "
+                                             f"{now - self._last_command:.3f} s ago (max "
+                                             f"{self.config.command_timeout:.3f} s)", now, key="command")
+
+    def _submit(self, now: float) -> None:
+        """Check the newest observation if it is new and the last check was a check period ago.
+        The period is counted on the node's clock, not between sensor stamps: cameras that are not
+        synchronised advance the observation time in uneven steps, which would otherwise skip
+        checks and slow the stop down."""
+        t_obs = self.buffer.observation_time(self.spec.obs_keys)
+        if t_obs is None or t_obs == self._last_checked:
+            return
+        # 1e-6 s of slack: a timer one period later must not miss the check by rounding
+        if self._last_submit is not None and now - self._last_submit < self.config.min_check_period - 1e-6:
+            return
+        built = self.buffer.observation(self.spec)
+        if built is not None:
+            self.worker.submit(built[0], built[1])
+            self._last_checked, self._last_submit = built[1], now
+
+    def reset(self, now: float) -> list[str]:
+        """Release the latched stop (an operator's decision); returns the reasons released. A
+        fault that persists (a silent stream) latches again at the next step; the command
+        watchdog re-arms with the next command."""
+        with self._lock:
+            released = [e.reason for e in self.latch.reset()]
+            self._consecutive = 0
+            self._last_command = None
+            return released
+
+    def diagnostics(self, now: float) -> list[DiagnosticEntry]:
+        lat = LatencyRecord.percentiles_ms(self.worker.latency.recent)
+        values = {
+            "scorer": self.scorer.kind,
+            "threshold": f"{self.scorer.threshold:.4g}",
+            "last_score": "-" if self.last_score is None else f"{self.last_score:.4g}",
+            "consecutive_over": str(self._consecutive),
+            "debounce": str(self.config.debounce),
+            "checks": str(self.counts["checks"]),
+            "over_threshold": str(self.counts["over"]),
+            "check_p50_ms": "-" if not lat else f"{lat['p50']:.2f}",
+            "check_max_ms": "-" if not lat else f"{lat['max']:.2f}",
+            "commands_seen": str(self.counts["commands"]),
+            "command_age_ms": "-" if self._last_command is None else f"{1e3 * (now - self._last_command):.1f}",
+            "stop_reasons": "; ".join(e.reason for e in self.latch.active) or "-",
+        }
+        ages = self.buffer.ages(now)
+        values.update({f"{k} age_ms": ("never" if self.buffer.latest_stamp(k) is None else f"{1e3 * a:.1f}")
+                       for k, a in ages.items()})
+        values.update(self.intake.report())
+        never = [k for k in self.buffer.keys if self.buffer.latest_stamp(k) is None]
+        if self.latch.stopped:
+            level, message = "ERROR", f"STOP: {self.latch.reason}"
+        elif never:
+            level, message = "WARN", f"no data yet on {', '.join(never)}"
+        else:
+            level, message = "OK", "in distribution"
+        return [DiagnosticEntry(f"{MONITOR_NODE_NAME}: ood", level, message, values)]
+
+    def close(self) -> None:
+        self.worker.close()
+

@@ -1,0 +1,123 @@
+"""rclpy glue the three nodes share: QoS profiles, parameter declaration, logging, time, spinning.
+
+Like the node files, this module imports rclpy; nothing below nodes/ does.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable
+
+import rclpy
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+
+from fastdp_ros.nodes.conversions import fill_diagnostic_array
+from fastdp_ros.nodes.parameters import ParamSpec, read_parameters
+
+#: cameras, joint states and franka_robot_state_broadcaster (best effort): a best-effort
+#: subscription matches reliable and best-effort publishers alike
+SENSOR_QOS = qos_profile_sensor_data
+#: commands: only the newest matters; reliable, so any controller's subscription matches
+COMMAND_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                         durability=DurabilityPolicy.VOLATILE)
+#: the latched stop flag: a late subscriber gets the current value
+STOP_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                      durability=DurabilityPolicy.TRANSIENT_LOCAL)
+#: state other nodes must not miss (joint states of the simulation, episode events, diagnostics)
+RELIABLE_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE,
+                          durability=DurabilityPolicy.VOLATILE)
+
+
+def declare_parameters(node, specs: tuple[ParamSpec, ...]) -> dict:
+    """Declare every parameter with its description (read-only unless dynamic); returns their
+    values after the launch file's and YAML's overrides."""
+    for s in specs:
+        node.declare_parameter(s.name, s.default,
+                               ParameterDescriptor(description=s.description, read_only=not s.dynamic))
+    return read_parameters(specs, lambda name: node.get_parameter(name).value)
+
+
+def now_seconds(node) -> float:
+    """The node's ROS time (system time, or /clock with use_sim_time) in seconds."""
+    return node.get_clock().now().nanoseconds * 1e-9
+
+
+class RosLogHandler(logging.Handler):
+    """Python `logging` records of fastdp_ros (the runtime, the logic modules) to the node's logger."""
+
+    def __init__(self, ros_logger):
+        super().__init__()
+        self.ros_logger = ros_logger
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = f"[{record.name}] {record.getMessage()}"
+            if record.levelno >= logging.ERROR:
+                self.ros_logger.error(text)
+            elif record.levelno >= logging.WARNING:
+                self.ros_logger.warning(text)
+            elif record.levelno >= logging.INFO:
+                self.ros_logger.info(text)
+            else:
+                self.ros_logger.debug(text)
+        except Exception:  # noqa: BLE001 - logging must never raise into a control loop
+            self.handleError(record)
+
+
+def bridge_logging(node) -> RosLogHandler:
+    package_logger = logging.getLogger("fastdp_ros")
+    handler = RosLogHandler(node.get_logger())
+    package_logger.addHandler(handler)
+    package_logger.setLevel(logging.INFO)
+    package_logger.propagate = False  # the ROS logger prints it; no second copy on stderr
+    return handler
+
+
+def unbridge_logging(handler: RosLogHandler) -> None:
+    logging.getLogger("fastdp_ros").removeHandler(handler)
+
+
+def default_policies_file() -> str:
+    """share/fastdp_ros/config/policies.yaml of the installed package (the source tree's when
+    running from a checkout without colcon)."""
+    from fastdp_ros.nodes.catalog import POLICIES_FILE
+
+    try:
+        from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
+
+        return str(Path(get_package_share_directory("fastdp_ros")) / "config" / POLICIES_FILE)
+    except (ImportError, PackageNotFoundError):
+        return str(Path(__file__).resolve().parents[2] / "config" / POLICIES_FILE)
+
+
+def publish_diagnostics(publisher, entries, t: float) -> None:
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+
+    msg = DiagnosticArray()
+    fill_diagnostic_array(msg, entries, t, DiagnosticStatus, lambda k, v: KeyValue(key=k, value=v))
+    publisher.publish(msg)
+
+
+def spin(node, until: Callable[[], bool] | None = None, close: Callable[[], None] | None = None) -> int:
+    """Spin `node` in a multi-threaded executor (sensor callbacks beside the control timer)
+    until Ctrl-C, an external shutdown or `until()`; then close, destroy and shut down."""
+    executor = MultiThreadedExecutor()
+    executor.add_node(node)
+    try:
+        if until is None:
+            executor.spin()
+        else:
+            while rclpy.ok() and not until():
+                executor.spin_once(timeout_sec=0.1)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if close is not None:
+            close()
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0

@@ -1,0 +1,218 @@
+"""The OOD-monitor node's logic through the methods its callbacks call: debounced latched stop,
+reset, watchdogs for silent sensor streams and a paused command stream, scorer selection."""
+
+import numpy as np
+import pytest
+from rosbags.typesys import Stores, get_typestore
+
+from fastdp_ros.errors import ConfigError
+from fastdp_ros.nodes import conversions as conv
+from fastdp_ros.nodes.catalog import ModelEntry
+from fastdp_ros.nodes.monitor_logic import AltScorer, MonitorConfig, MonitorLogic, MonitorStep, build_scorer
+from fastdp_ros.nodes.parameters import MONITOR_PARAMETERS, defaults
+from fastdp_ros.nodes.sensors import SensorConfig
+from fastdp_ros.policies import PolicySpec
+from fastdp_ros.robots import FR3
+
+TS = get_typestore(Stores.ROS2_HUMBLE)
+SPEC = PolicySpec(image_keys=("img_front",), image_shape=(8, 8, 3), lowdim_dims={"joint_pos": 7}, action_dim=8,
+                  dt=0.1, horizon=8, n_obs_steps=2, n_action_steps=4, robot="fr3")
+CAMERA_PERIOD = 1 / 30
+IN, OUT = 100, 220  # image brightness of in- and out-of-distribution frames
+
+
+class BrightnessScorer:
+    """Score = the newest frame's mean brightness (0..1); frames brighter than 0.6 are OOD."""
+
+    kind = "test"
+    spec = SPEC
+    threshold = 0.6
+
+    def __init__(self, fail=False):
+        self.fail = fail
+
+    def score(self, obs):
+        if self.fail:
+            raise RuntimeError("encoder exploded")
+        return float(obs["img_front"][-1].mean() / 255.0)
+
+
+class Clock:
+    def __init__(self, t=500.0):
+        self.t = t
+
+    def __call__(self):
+        return self.t
+
+
+def params(**overrides):
+    p = defaults(MONITOR_PARAMETERS)
+    p.update(robot_type="fr3", image_keys=["img_front"], image_topics=["/camera/front/image_raw"])
+    p.update(overrides)
+    return p
+
+
+def make_monitor(scorer=None, **overrides):
+    p = params(**overrides)
+    clock = Clock()
+    sensors = SensorConfig.from_params(p, ["img_front"], SPEC.image_shape, wants_tcp_pose=False)
+    return MonitorLogic(scorer or BrightnessScorer(), MonitorConfig.from_params(p), sensors, clock), clock
+
+
+def header(t):
+    sec, nanosec = conv.seconds_to_sec_nanosec(t)
+    return TS.types["std_msgs/msg/Header"](stamp=TS.types["builtin_interfaces/msg/Time"](sec=sec, nanosec=nanosec),
+                                           frame_id="")
+
+
+def image_msg(t, value):
+    msg = TS.types["sensor_msgs/msg/Image"](header=header(t), height=0, width=0, encoding="", is_bigendian=0, step=0,
+                                            data=np.empty(0, np.uint8))
+    conv.fill_image(msg, np.full((8, 8, 3), value, np.uint8), "rgb8")
+    return msg
+
+
+def joint_msg(t):
+    return TS.types["sensor_msgs/msg/JointState"](header=header(t), name=FR3.joint_names(),
+                                                  position=FR3.home_position.copy(), velocity=np.empty(0),
+                                                  effort=np.empty(0))
+
+
+def frame(monitor, clock, value, camera=True, joints=True):
+    """One camera period: sensors, the step that submits, the check, the step that collects."""
+    clock.t += CAMERA_PERIOD
+    if camera:
+        assert monitor.on_image("img_front", image_msg(clock.t, value), clock.t)
+    if joints:
+        assert monitor.on_joint_state(joint_msg(clock.t), clock.t)
+    first = monitor.step(clock.t)
+    monitor.worker.wait_idle(10)
+    second = monitor.step(clock.t)
+    return first.scores + second.scores, MonitorStep(second.scores, second.stopped, first.changed or second.changed)
+
+
+@pytest.fixture
+def monitor():
+    m, clock = make_monitor()
+    yield m, clock
+    m.close()
+
+
+def test_in_distribution_frames_never_stop(monitor):
+    m, clock = monitor
+    scores = []
+    for _ in range(30):
+        s, step = frame(m, clock, IN)
+        scores += s
+        assert not step.stopped and not step.changed
+    assert len(scores) == 30 and np.allclose(scores, IN / 255)
+    entry = m.diagnostics(clock.t)[0]
+    assert entry.level == "OK" and entry.values["checks"] == "30" and entry.values["threshold"] == "0.6"
+
+
+def test_out_of_distribution_stops_after_debounce_and_reset_clears(monitor):
+    m, clock = monitor
+    for _ in range(5):
+        frame(m, clock, IN)
+    t_first = clock.t + CAMERA_PERIOD
+    s, step = frame(m, clock, OUT)
+    assert s == [pytest.approx(OUT / 255)] and not step.stopped  # one frame is noise (debounce 2)
+    s, step = frame(m, clock, OUT)
+    assert step.stopped and step.changed
+    assert clock.t - t_first <= 0.1  # within 100 ms of the first OOD frame at 30 frames/s
+    assert "out of distribution: score 0.863 > threshold 0.6 for 2 consecutive checks" in m.latch.reason
+    s, step = frame(m, clock, IN)  # latched: in-distribution frames do not release it
+    assert step.stopped and not step.changed
+    assert m.diagnostics(clock.t)[0].level == "ERROR"
+    released = m.reset(clock.t)
+    assert released == ["out of distribution: score 0.863 > threshold 0.6 for 2 consecutive checks"]
+    s, step = frame(m, clock, IN)
+    assert not step.stopped and step.changed  # the node publishes the lowered flag
+
+
+def test_single_outliers_do_not_stop(monitor):
+    m, clock = monitor
+    for k in range(20):
+        _, step = frame(m, clock, OUT if k % 2 else IN)
+        assert not step.stopped
+
+
+def test_checks_are_rate_limited(monitor):
+    m, clock = monitor
+    m.config = MonitorConfig.from_params(params(max_check_rate=10.0))
+    scores = []
+    for _ in range(30):  # one second of 30 Hz frames
+        scores += frame(m, clock, IN)[0]
+    assert 9 <= len(scores) <= 11
+
+
+def test_silent_camera_stops_once_it_has_started(monitor):
+    m, clock = monitor
+    for _ in range(10):  # joints only: a camera that never started does not latch (the policy waits for it)
+        _, step = frame(m, clock, IN, camera=False)
+        assert not step.stopped
+    assert m.diagnostics(clock.t)[0].message == "no data yet on img_front"
+    frame(m, clock, IN)
+    for _ in range(9):  # 0.3 s of silence > 2 recording periods of 0.1 s
+        _, step = frame(m, clock, IN, camera=False)
+    assert step.stopped and "stream 'img_front' went silent" in m.latch.reason
+    m.reset(clock.t)
+    _, step = frame(m, clock, IN, camera=False)
+    assert step.stopped  # a standing fault latches again
+
+
+def test_paused_command_stream_stops(monitor):
+    m, clock = monitor
+    for _ in range(10):  # no commands yet: the policy may not be active
+        assert not frame(m, clock, IN)[1].stopped
+    for _ in range(5):
+        m.on_command(clock.t)
+        assert not frame(m, clock, IN)[1].stopped
+    for _ in range(6):  # 0.2 s without commands
+        _, step = frame(m, clock, IN)
+        if step.stopped:
+            break
+    assert step.stopped and "command stream paused" in m.latch.reason
+    assert m.reset(clock.t)
+    assert not frame(m, clock, IN)[1].stopped  # re-armed by the next command
+
+
+def test_encoder_failure_stops():
+    m, clock = make_monitor(BrightnessScorer(fail=True))
+    try:
+        frame(m, clock, IN)
+        assert m.latch.stopped and "OOD encoder failed: RuntimeError: encoder exploded" in m.latch.reason
+    finally:
+        m.close()
+
+
+def test_monitor_config_validation():
+    with pytest.raises(ConfigError, match="debounce must be >= 1"):
+        MonitorConfig.from_params(params(debounce=0))
+    with pytest.raises(ConfigError, match="max_check_rate"):
+        MonitorConfig.from_params(params(max_check_rate=0.0))
+    with pytest.raises(ConfigError, match="command_timeout"):
+        MonitorConfig.from_params(params(command_timeout=-1.0))
+    assert MonitorConfig.from_params(params(stream_max_age=0.0)).stream_max_age is None
+
+
+def test_scorer_choice(tmp_path):
+    class FakeAlt:
+        spec, threshold = SPEC, 0.25
+
+        def ood_score(self, obs):
+            return 0.5
+
+    loaded = []
+
+    def loader(path, **options):
+        loaded.append((path, options))
+        return FakeAlt()
+
+    alt = ModelEntry("alt", tmp_path, {}, {"policy_type": "alt"})
+    scorer = build_scorer(alt, params(), loader)
+    assert isinstance(scorer, AltScorer) and scorer.threshold == 0.25 and scorer.score({}) == 0.5
+    assert loaded == [(str(tmp_path), {"device": "cpu"})]
+    dp = ModelEntry("dp", tmp_path, {}, {"policy_type": "dp"})
+    with pytest.raises(ConfigError, match="without an OOD index of its own .* set ood_dataset"):
+        build_scorer(dp, params(), loader)
