@@ -12,7 +12,7 @@ come from /franka/joint_states and the fingers from /franka_gripper/joint_states
 """
 
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, IncludeLaunchDescription, LogInfo, OpaqueFunction
+from launch.actions import DeclareLaunchArgument, GroupAction, IncludeLaunchDescription, LogInfo, OpaqueFunction
 from launch.launch_description_sources import PythonLaunchDescriptionSource
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
@@ -52,10 +52,12 @@ def _bringup(context):
         arguments["robot_ip"] = value("robot_ip")
     if value("controllers_yaml"):
         arguments["controllers_yaml"] = value("controllers_yaml")
-    actions = [IncludeLaunchDescription(
+    # forwarding=False: franka_bringup sees only these arguments, not this file's (an empty
+    # controllers_yaml here would otherwise replace franka_bringup's default controllers)
+    actions = [GroupAction([IncludeLaunchDescription(
         PythonLaunchDescriptionSource(PathJoinSubstitution([FindPackageShare(BRINGUP), "launch", "franka.launch.py"])),
         launch_arguments=arguments.items(),
-    )]
+    )], scoped=True, forwarding=False)]
     if value("controller"):
         actions.append(Node(package="controller_manager", executable="spawner", arguments=[value("controller")],
                             output="screen"))

@@ -36,7 +36,8 @@ def generate_launch_description():
                               description="joint_trajectory | forward_command | cartesian_pose"),
         DeclareLaunchArgument("use_monitor", default_value="true", description="start the OOD monitor node"),
         DeclareLaunchArgument("robot_type", default_value="fr3", description="fr3 | panda"),
-        DeclareLaunchArgument("params_file", default_value=_config([LaunchConfiguration("robot_type"), ".yaml"]),
+        # a list of substitutions concatenates: <share>/config/<robot_type> + ".yaml"
+        DeclareLaunchArgument("params_file", default_value=[_config(LaunchConfiguration("robot_type")), ".yaml"],
                               description="node parameters (topics, joint names); default config/<robot_type>.yaml"),
         DeclareLaunchArgument("policies_file", default_value=_config("policies.yaml"),
                               description="policy names -> model directories"),

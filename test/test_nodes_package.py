@@ -129,6 +129,18 @@ def test_launch_arguments_the_issue_lists_and_every_used_one_is_declared(path):
     assert used <= declared, used - declared
 
 
+@pytest.mark.parametrize("path", LAUNCH_FILES, ids=lambda p: p.name)
+def test_path_join_parts_are_single_substitutions(path):
+    """PathJoinSubstitution takes str or Substitution parts (Humble and Jazzy): a nested list,
+    meant to concatenate, raises TypeError only when the launch file runs."""
+    t = tree(path)
+    for call, _ in call_keywords(t, "PathJoinSubstitution"):
+        parts = call.args[0]
+        assert isinstance(parts, ast.List) and not any(isinstance(p, (ast.List, ast.Tuple)) for p in parts.elts)
+    for call, _ in call_keywords(t, "_config"):  # policy.launch.py's helper passes its arguments on as parts
+        assert not any(isinstance(a, (ast.List, ast.Tuple)) for a in call.args)
+
+
 def test_included_launch_files_get_only_arguments_they_declare():
     policy_args = declared_arguments(tree(ROOT / "launch" / "policy.launch.py"))
     for name in ("sim.launch.py", "franka.launch.py"):
@@ -207,6 +219,10 @@ def test_robot_config_uses_the_robots_names(robot):
         assert p["joint_state_topic"] == "/franka/joint_states"
         assert p["joint_trajectory_topic"] == f"/{robot}_arm_controller/joint_trajectory"
     assert data[POLICY_NODE_NAME]["ros__parameters"]["base_frame"] == f"{robot}_link0"
+    from fastdp_ros.nodes.kinematics import FRANKA_HAND_TCP_OFFSET
+
+    for node in (POLICY_NODE_NAME, MONITOR_NODE_NAME):
+        assert data[node]["ros__parameters"]["tcp_offset"] == FRANKA_HAND_TCP_OFFSET
 
 
 def test_sim_config_wires_the_nodes_to_the_simulation():
@@ -220,7 +236,7 @@ def test_sim_config_wires_the_nodes_to_the_simulation():
     assert policy["image_topics"] == monitor["image_topics"] == sim["image_topics"]
     assert policy["image_keys"] == [f"img_{c}" for c in sim["cameras"]]
     assert policy["episode_topic"] == sim["episode_topic"]
-    assert policy["tcp_offset"] == TCP_Z_HAND and policy["workspace"] == "sim"
+    assert policy["tcp_offset"] == monitor["tcp_offset"] == TCP_Z_HAND and policy["workspace"] == "sim"
 
 
 # ----------------------------------------------------------------------------- parameters

@@ -85,12 +85,15 @@ def default_policies_file() -> str:
     running from a checkout without colcon)."""
     from fastdp_ros.nodes.catalog import POLICIES_FILE
 
+    source_tree = Path(__file__).resolve().parents[2] / "config" / POLICIES_FILE
     try:
         from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
-
+    except ImportError:
+        return str(source_tree)
+    try:
         return str(Path(get_package_share_directory("fastdp_ros")) / "config" / POLICIES_FILE)
-    except (ImportError, PackageNotFoundError):
-        return str(Path(__file__).resolve().parents[2] / "config" / POLICIES_FILE)
+    except PackageNotFoundError:
+        return str(source_tree)
 
 
 def publish_diagnostics(publisher, entries, t: float) -> None:

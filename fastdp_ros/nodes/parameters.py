@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from fastdp_ros.errors import ConfigError
+from fastdp_ros.nodes.kinematics import FRANKA_HAND_TCP_OFFSET
 
 POLICY_NODE_NAME = "fastdp_policy"
 MONITOR_NODE_NAME = "fastdp_ood_monitor"
@@ -153,8 +154,9 @@ POLICY_PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("episode_topic", "", "std_msgs/Header of the simulation's episode resets (the arm is moved "
                                    "there): restart from the measured state; empty: a real robot"),
     ParamSpec("base_frame", "", "frame_id of Cartesian commands; empty: <prefix>_link0"),
-    ParamSpec("tcp_offset", 0.1034, "tool centre point along the hand's z axis (m): 0.1034 for the Franka "
-                                    "Hand (franka_description's hand_tcp), 0.14 in the simulation"),
+    ParamSpec("tcp_offset", FRANKA_HAND_TCP_OFFSET,
+              "tool centre point along the hand's z axis (m): 0.1034 for the Franka Hand (franka_description's "
+              "hand_tcp), 0.14 in the simulation"),
     ParamSpec("workspace", "none", "box the tool centre point must stay in: none | sim (the simulated table) | "
                                    "six numbers x_min,y_min,z_min,x_max,y_max,z_max (m, base frame)"),
     ParamSpec("velocity_scale", 1.0, "fraction of the robot's joint velocity limits the commands may use"),
@@ -173,6 +175,9 @@ MONITOR_PARAMETERS: tuple[ParamSpec, ...] = (
                                  "(training embeddings and the calibrated threshold come from it)"),
     ParamSpec("ood_samples", 1000, "dataset windows embedded per split (ood_dataset only)"),
     ParamSpec("ood_quantile", 0.99, "threshold quantile of held-out in-distribution scores (ood_dataset only)"),
+    ParamSpec("tcp_offset", FRANKA_HAND_TCP_OFFSET,
+              "tool centre point along the hand's z axis (m), for a model observing tcp_pose: 0.1034 for the "
+              "Franka Hand, 0.14 in the simulation"),
     ParamSpec("debounce", 2, "consecutive checks over the threshold that raise the stop (2 at 30 Hz: "
                              "within about 70 ms of the first out-of-distribution frame)"),
     ParamSpec("max_check_rate", 30.0, "at most this many OOD checks per second (a camera's frame rate)"),

@@ -415,6 +415,7 @@ class PolicyLogic:
         for key, (stamp, value) in samples:  # ... so the newest samples go in again
             self.runner.observe(key, stamp, value)
         self.started = True
+        self._tick_times.clear()  # rates and gaps count from here, not across an inactive spell
         log.info("commanding from the measured state (policy %s)", self.active_value)
 
     # ------------------------------------------------------------------ hot swap

@@ -19,7 +19,7 @@ from typing import Callable
 
 import numpy as np
 
-from fastdp_ros.errors import FastDPError
+from fastdp_ros.errors import ConfigError, FastDPError
 from fastdp_ros.nodes import conversions as conv
 from fastdp_ros.nodes import kinematics
 from fastdp_ros.robots import N_ARM_JOINTS, RobotSpec, get_robot
@@ -54,7 +54,7 @@ class SensorConfig:
 
     def __post_init__(self):
         if len(self.joint_names) != N_ARM_JOINTS:
-            raise FastDPError(f"need {N_ARM_JOINTS} arm joint names, got {self.joint_names}")
+            raise ConfigError(f"need {N_ARM_JOINTS} arm joint names, got {self.joint_names}")
         if self.tcp_reference_quat is None:
             # the quaternion hemisphere the simulation's datasets record tcp_pose in: the home pose's
             _, rot = kinematics.tcp_transform(self.robot.home_position, self.tcp_offset)
@@ -63,8 +63,6 @@ class SensorConfig:
     @classmethod
     def from_params(cls, params: dict, image_keys_needed, image_shape, wants_tcp_pose: bool) -> "SensorConfig":
         """From node parameters (robot_type, joint_prefix, image_keys, image_topics, tcp_offset)."""
-        from fastdp_ros.errors import ConfigError
-
         robot = get_robot(params["robot_type"])
         keys, topics = list(params["image_keys"]), list(params["image_topics"])
         if len(keys) != len(topics):
@@ -77,7 +75,7 @@ class SensorConfig:
         return cls(robot=robot, joint_names=arm_joint_names(robot, params["joint_prefix"]),
                    finger_names=finger_joint_names(robot, params["joint_prefix"]),
                    image_topics={k: by_key[k] for k in image_keys_needed}, image_shape=image_shape,
-                   tcp_offset=float(params.get("tcp_offset", kinematics.FRANKA_HAND_TCP_OFFSET)),
+                   tcp_offset=float(params["tcp_offset"]),
                    wants_tcp_pose=wants_tcp_pose)
 
 

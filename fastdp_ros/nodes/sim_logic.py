@@ -109,9 +109,11 @@ class SimConfig:
     def from_params(cls, p: dict) -> "SimConfig":
         cameras, topics = list(p["cameras"]), list(p["image_topics"])
         if len(cameras) != len(topics):
-            raise ConfigError(f"cameras has {len(cameras)} entries and image_topics {len(topics)}: one topic per camera")
+            raise ConfigError(f"cameras has {len(cameras)} entries and image_topics {len(topics)}: "
+                              f"one topic per camera")
         if p["image_encoding"] not in IMAGE_ENCODINGS:
-            raise ConfigError(f"image_encoding must be one of {', '.join(IMAGE_ENCODINGS)}, got {p['image_encoding']!r}")
+            raise ConfigError(f"image_encoding must be one of {', '.join(IMAGE_ENCODINGS)}, "
+                              f"got {p['image_encoding']!r}")
         for name in ("camera_rate", "joint_state_rate"):
             if not (math.isfinite(float(p[name])) and float(p[name]) > 0):
                 raise ConfigError(f"{name} must be > 0 Hz, got {p[name]}")
