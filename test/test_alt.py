@@ -127,6 +127,22 @@ def test_ood_flag_fires_on_an_unrelated_image(model, one_torch_thread):
     assert emb.shape == (16,) and np.linalg.norm(emb) == pytest.approx(1.0, abs=1e-5)
 
 
+def test_onnxruntime_engine_embeds_in_the_graph_and_looks_up_outside(model, tmp_path, one_torch_thread):
+    pytest.importorskip("onnxruntime")
+    from fastdp_ros.engines import load_engine_policy
+
+    buf = ReplayBuffer.open(model["ds"])
+    eager = load_policy(model["out"])
+    engine = load_engine_policy(model["out"], "onnxruntime", cache_dir=tmp_path / "engines", threads=1)
+    assert engine.info.built and engine.info.parity_max_abs_diff < 1e-4
+    table_episodes = json.loads((model["out"] / "config.json").read_text())["table"]["episodes"]
+    for episode, frame in ((table_episodes[0], 0), (table_episodes[-1], 7)):
+        obs = observation(buf, episode, frame)
+        np.testing.assert_array_equal(engine.act(obs), eager.act(obs))
+        assert engine.base.last_ood.frame == eager.last_ood.frame == frame
+        assert engine.base.last_ood.score == pytest.approx(eager.last_ood.score, abs=1e-4)
+
+
 def test_reloaded_model_acts_identically_and_foreign_weights_are_refused(model, tmp_path):
     import shutil
 

@@ -51,7 +51,7 @@ def test_bench_writes_json_markdown_and_plot(model, tmp_path):
 
 def test_bench_records_unavailable_backends_and_eval_results(model, tmp_path):
     report_file = tmp_path / "eval.json"
-    report_file.write_text(json.dumps({"success_rate": 0.75, "extra": {"model": str(model)}}))
+    report_file.write_text(json.dumps({"success_rate": 0.75, "nfe": 4, "extra": {"model": str(model)}}))
     out = tmp_path / "bench"
     assert main(["bench", str(model), "--backend", "torch,tensorrt", "--calls", "5", "--warmup", "1",
                  "--threads", "1", "--out", str(out), "--eval", str(report_file)]) == 0
@@ -61,9 +61,23 @@ def test_bench_records_unavailable_backends_and_eval_results(model, tmp_path):
     assert "not run:" in (out / "bench.md").read_text()
 
 
+def test_one_model_benched_with_two_samplers_gets_the_matching_eval_result(model, tmp_path):
+    reports = []
+    for nfe, rate in ((4, 0.5), (2, 0.25)):
+        reports.append(tmp_path / f"eval{nfe}.json")
+        reports[-1].write_text(json.dumps({"success_rate": rate, "nfe": nfe, "extra": {"model": str(model)}}))
+    out = tmp_path / "bench"
+    assert main(["bench", str(model), f"{model}#sampler=ddim,steps=2", "--backend", "torch", "--calls", "5",
+                 "--warmup", "1", "--threads", "1", "--out", str(out), "--eval", *map(str, reports)]) == 0
+    rows = json.loads((out / "bench.json").read_text())["rows"]
+    assert [(r["name"], r["nfe"], r["success_rate"]) for r in rows] == [
+        ("tiny_dp", 4, 0.5), ("tiny_dp (sampler=ddim, steps=2)", 2, 0.25)]
+
+
 @pytest.mark.parametrize("argv, message", [
     (["bench", "{model}", "--backend", "torch,trt", "--out", "{tmp}/b"], "unknown backend(s) ['trt']"),
     (["bench", "{model}", "--calls", "0", "--out", "{tmp}/b"], "--calls must be >= 1"),
+    (["bench", "{model}#steps", "--out", "{tmp}/b"], "expected key=value"),
     (["export", "{tmp}/missing", "--backend", "onnxruntime"], "does not exist"),
     (["export", "{model}", "--backend", "onnxruntime", "--precision", "fp16"], "TensorRT provider only"),
 ])

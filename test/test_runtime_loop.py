@@ -175,9 +175,10 @@ def test_fastdp_run_writes_statistics(dp_model, tmp_path, one_torch_thread):
     (["--video", "{tmp}/run.avi"], ".mp4 or .gif"),
     (["--episodes", "0"], "--episodes must be >= 1"),
     (["--rate", "0"], "rate must be > 0"),
+    (["--ood-model", "{model}"], "has no OOD score of its own"),  # a dp model needs --ood-dataset
 ])
 def test_fastdp_run_bad_input_is_one_clear_error(dp_model, tmp_path, extra, message, caplog):
-    argv = ["run", str(dp_model), "--no-status"] + [a.format(tmp=tmp_path) for a in extra]
+    argv = ["run", str(dp_model), "--no-status"] + [a.format(tmp=tmp_path, model=dp_model) for a in extra]
     with caplog.at_level(logging.ERROR, logger="fastdp"):
         assert main(argv) == 2
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]

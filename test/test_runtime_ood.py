@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from fastdp_ros.errors import ConfigError
-from fastdp_ros.runtime.ood import KnnIndex, OODMonitor, monitor_from_dataset
+from fastdp_ros.runtime.ood import KnnIndex, ModelScoreMonitor, OODMonitor, monitor_from_dataset
 
 
 def blobs(n, seed, dim=8, shift=0.0):
@@ -90,3 +90,35 @@ def test_monitor_from_dataset_calibrates_on_held_out_episodes(tmp_path):
     assert monitor.threshold > 0 and monitor.index.n <= 100
     assert not monitor.observe({"joint_pos": np.zeros((2, 7), np.float32)}).over
     assert monitor.observe({"joint_pos": np.ones((2, 7), np.float32)}).over
+
+
+class _ScoringModel:
+    """A model with its own OOD score (like ALT): the mean pixel value of the last frame."""
+
+    policy_type = "toy"
+    spec = None
+    threshold = 100.0
+
+    def ood_score(self, obs):
+        return float(obs["img"][-1].mean())
+
+
+def test_model_score_monitor_debounces_and_latches_on_the_models_own_score():
+    monitor = ModelScoreMonitor(_ScoringModel(), debounce=2)
+    dark, bright = {"img": np.zeros((2, 4, 4, 3))}, {"img": np.full((2, 4, 4, 3), 200.0)}
+    assert monitor.threshold == 100.0 and not monitor.observe(dark).over
+    assert monitor.observe(bright).over and not monitor.stopped  # one frame is noise
+    assert monitor.observe(bright).stopped and "score 200 > threshold 100" in monitor.stop_reason
+    assert monitor.observe(dark).stopped  # latched
+    monitor.reset()
+    assert not monitor.stopped and monitor.counts == {"frames": 4, "over": 2, "stops": 1}
+    nan = {"img": np.full((2, 4, 4, 3), np.nan)}
+    assert monitor.observe(nan).score == float("inf")
+
+
+def test_model_score_monitor_needs_a_model_with_its_own_score():
+    class NoScore:
+        policy_type, spec = "dp", None
+
+    with pytest.raises(ConfigError, match="'dp' model has no OOD score of its own"):
+        ModelScoreMonitor(NoScore())

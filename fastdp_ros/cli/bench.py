@@ -26,7 +26,9 @@ def _names(text: str) -> list[str]:
 def add_parser(sub) -> None:
     p = sub.add_parser("bench", help="act() latency / re-plan rate / memory of models x backends: JSON, Markdown, PNG",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("models", nargs="+", help="model directories; the first one's torch row is the baseline (teacher)")
+    p.add_argument("models", nargs="+",
+                   help="model directories, each optionally with its own load options after '#' "
+                        "(models/push_dp#sampler=ddim,steps=10); the first one's torch row is the baseline (teacher)")
     p.add_argument("--backend", type=_names, default=["torch", "onnxruntime"],
                    help="comma-separated backends: torch, torch_compile, onnxruntime, tensorrt")
     p.add_argument("--calls", type=int, default=200, help="timed act() calls per model and backend")
@@ -38,16 +40,17 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
-def read_eval_reports(paths: list[str]) -> dict[str, float]:
-    """{resolved model path: success rate} from evaluation reports."""
+def read_eval_reports(paths: list[str]) -> dict[tuple[str, int], float]:
+    """{(resolved model path, NFE): success rate} from evaluation reports (the NFE tells a
+    teacher's DDPM-100 report from its DDIM-10 one)."""
     rates = {}
     for path in paths:
         try:
             report = json.loads(Path(path).read_text())
-            model, rate = report["extra"]["model"], float(report["success_rate"])
+            model, rate, nfe = report["extra"]["model"], float(report["success_rate"]), int(report["nfe"])
         except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
             raise ConfigError(f"{path} is not a `fastdp eval` report ({type(e).__name__}: {e})") from None
-        rates[str(Path(model).resolve())] = rate
+        rates[(str(Path(model).resolve()), nfe)] = rate
     return rates
 
 

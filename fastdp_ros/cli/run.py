@@ -53,7 +53,9 @@ def add_parser(sub) -> None:
                         "one (kept for the loop)")
     p.add_argument("--ood-dataset", default=None,
                    help="enable the OOD monitor: training embeddings and threshold from this dataset")
-    p.add_argument("--ood-model", default=None, help="the OOD monitor's encoder; when omitted, a second copy of MODEL")
+    p.add_argument("--ood-model", default=None,
+                   help="the OOD monitor's encoder; when omitted, a second copy of MODEL. Without --ood-dataset it "
+                        "must have its own calibrated OOD score (an ALT model) and enables the monitor")
     p.add_argument("--ood-samples", type=int, default=1000, help="dataset windows embedded per split")
     p.add_argument("--ood-quantile", type=float, default=0.99, help="threshold quantile of held-out distances")
     p.add_argument("--ood-debounce", type=int, default=3, help="frames over the threshold before the stop")
@@ -146,7 +148,13 @@ def run(args) -> int:
     if spec.robot != "panda":
         raise ConfigError(f"{args.model} was trained for robot {spec.robot!r}; the simulation models a Franka Panda")
     monitor = None
-    if args.ood_dataset:
+    if args.ood_model and not args.ood_dataset:  # a model with its own calibrated OOD score (ALT)
+        from fastdp_ros.policies import load_policy
+        from fastdp_ros.runtime.ood import ModelScoreMonitor
+
+        monitor = ModelScoreMonitor(load_policy(args.ood_model, device=args.device), debounce=args.ood_debounce)
+        log.info("OOD monitor: %s's own score (threshold %.3g)", args.ood_model, monitor.threshold)
+    elif args.ood_dataset:
         from fastdp_ros.runtime.ood import monitor_from_dataset
 
         encoder = resolve_loader(loader, args.backend)(args.ood_model or args.model, **options)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from fastdp_ros.engines.policy import load_engine_policy
-from fastdp_ros.errors import FastDPError
+from fastdp_ros.errors import ConfigError, FastDPError
 from fastdp_ros.policies.spec import PolicySpec
 
 log = logging.getLogger(__name__)
@@ -180,6 +180,20 @@ def bench_one(model_dir: str | os.PathLike, backend: str, calls: int = 200, warm
     return row
 
 
+def parse_model_entry(entry: str) -> tuple[str, dict]:
+    """'path#sampler=ddim,steps=10' -> ('path', {'sampler': 'ddim', 'steps': 10}): one model
+    directory benched with its own load options (a teacher with DDPM-100 and with DDIM-10)."""
+    path, _, text = str(entry).partition("#")
+    options = {}
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip() or not value.strip():
+            raise ConfigError(f"bad model options {text!r} in {entry!r}: expected key=value[,key=value]")
+        value = value.strip()
+        options[key.strip()] = int(value) if value.lstrip("-").isdigit() else value
+    return path, options
+
+
 def run_bench(models: list[str], backends: list[str], calls: int = 200, warmup: int = 20, seed: int = 0,
               eval_reports: dict[str, float] | None = None, backend_options: dict[str, dict] | None = None,
               **load_options) -> dict:
@@ -190,19 +204,24 @@ def run_bench(models: list[str], backends: list[str], calls: int = 200, warmup: 
     Returns the report written as bench.json.
     """
     rows = []
-    for model in models:
+    for entry in models:
+        model, model_options = parse_model_entry(entry)
         for backend in backends:
-            log.info("bench %s with %s", model, backend)
-            options = dict(load_options)
+            log.info("bench %s with %s", entry, backend)
+            options = {**load_options, **model_options}
             if backend_options and backend in backend_options:
                 options["backend_options"] = backend_options[backend]
-            rows.append(bench_one(model, backend, calls=calls, warmup=warmup, seed=seed, **options))
+            row = bench_one(model, backend, calls=calls, warmup=warmup, seed=seed, **options)
+            if model_options:
+                row.name += " (" + ", ".join(f"{k}={v}" for k, v in model_options.items()) + ")"
+            rows.append(row)
     ok = [r for r in rows if r.error is None]
-    baseline = next((r for r in ok if r.model == models[0] and r.backend == "torch"), ok[0] if ok else None)
+    first = parse_model_entry(models[0])[0] if models else None
+    baseline = next((r for r in ok if r.model == first and r.backend == "torch"), ok[0] if ok else None)
     for r in ok:
         r.speedup = baseline.latency_ms["p50"] / r.latency_ms["p50"]
     for r in rows:
-        r.success_rate = (eval_reports or {}).get(str(Path(r.model).resolve()))
+        r.success_rate = (eval_reports or {}).get((str(Path(r.model).resolve()), r.nfe))
     return {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "host": host_info(load_options.get("device", "cpu")),

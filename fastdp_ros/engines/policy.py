@@ -119,7 +119,8 @@ class EnginePolicy(Policy):
             return self.base._act(obs)
         inputs = [obs[k][None] for k in self.graph.obs_keys]
         inputs += [torch.randn(shape, generator=self.generator).numpy() for shape in self.graph.noise_shapes.values()]
-        return self.runner(inputs)[0]
+        out = self.runner(inputs)[0]
+        return out if self.graph.finish is None else self.graph.finish(out)
 
 
 def load_engine_policy(model_dir: str | os.PathLike, backend: str = "torch", *, device: str = "cpu",

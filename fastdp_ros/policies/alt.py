@@ -34,7 +34,7 @@ from torch import nn
 
 from fastdp_ros.errors import ConfigError, DatasetError, ModelFileError
 from fastdp_ros.nn import MLP, SmallCNN, SpatialSoftmaxPool
-from fastdp_ros.policies.base import Policy, register_policy
+from fastdp_ros.policies.base import ExportGraph, Policy, flat_export_graph, register_policy
 from fastdp_ros.policies.modeldir import WEIGHTS_FILE, load_model_dir, load_state_into, save_model_dir
 from fastdp_ros.policies.spec import PolicySpec, check_observation
 from fastdp_ros.retrieval import (
@@ -183,6 +183,15 @@ class ALTEncoder(nn.Module):
         lowdim = {k: obs[k][:, -1] for k in self.lowdim_keys}
         return self.embed_prepared(*self.prepare_frames(images, lowdim))
 
+    def lowdim_affine(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Per low-dim key (scale, offset) of its normalization (x * scale + offset in [-1, 1])."""
+        out, start = {}, 0
+        for key in self.lowdim_keys:
+            n = int(np.prod(self.spec.obs_shape(key)))
+            out[key] = (self.lowdim_scale[start:start + n], self.lowdim_offset[start:start + n])
+            start += n
+        return out
+
     # training ----------------------------------------------------------------------------------
 
     def forward(self, batch: dict) -> torch.Tensor:
@@ -190,6 +199,17 @@ class ALTEncoder(nn.Module):
         views = [augment(batch["images"], batch.get("lowdim"), self.config) for _ in range(2)]
         z1, z2 = (self.embed_prepared(*v) for v in views)
         return nt_xent(z1, z2, self.config.temperature)
+
+
+class _EmbedModule(nn.Module):
+    """forward(obs dict) -> embedding, the module form of ALTEncoder.embed for export."""
+
+    def __init__(self, encoder: ALTEncoder):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.encoder.embed(obs)
 
 
 class CameraEncoder(nn.Module):
@@ -341,7 +361,10 @@ class ALTPolicy(Policy):
         return self.encoder.embed(self._tensors(obs))[0].cpu().numpy()
 
     def _lookup(self, obs: dict[str, np.ndarray]) -> int:
-        found = self.index.search(self._encode(obs), 1)
+        return self._lookup_embedding(self._encode(obs))
+
+    def _lookup_embedding(self, embedding: np.ndarray) -> int:
+        found = self.index.search(embedding, 1)
         row = int(found.ids[0, 0])
         score = 1.0 - float(found.scores[0, 0])
         self.last_ood = OODResult(score=score, flag=score > self.threshold, threshold=self.threshold,
@@ -351,6 +374,19 @@ class ALTPolicy(Policy):
 
     def _act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         return self.chunks([self._lookup(obs)])[0]
+
+    def _act_from_embedding(self, embedding: np.ndarray) -> np.ndarray:
+        return self.chunks([self._lookup_embedding(embedding)])[0]
+
+    def export_graph(self) -> ExportGraph:
+        """The encoder as the graph (raw observation -> embedding); the table lookup, which
+        faiss does, finishes act() outside it and keeps the OOD verdict in last_ood."""
+        graph = flat_export_graph(_EmbedModule(self.encoder), self.spec, {},
+                                  {"policy": "alt", "embed_dim": self.config.embed_dim}, device=self.device,
+                                  lowdim_affine=self.encoder.lowdim_affine())
+        graph.output_name = "embedding"
+        graph.finish = self._act_from_embedding
+        return graph
 
     def ood(self, obs: dict) -> OODResult:
         """The OOD verdict of an observation (also kept as last_ood)."""

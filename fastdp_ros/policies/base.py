@@ -16,6 +16,7 @@ from __future__ import annotations
 import abc
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -104,6 +105,10 @@ class ExportGraph:
     `example_inputs` are reproducible representative inputs (same values on every call) used
     for tracing and parity checks; `signature` records what besides the weights shapes the
     graph (sampler, steps, input shapes): it is part of an engine's cache key.
+
+    `finish`, when set, completes act() outside the graph: it maps the graph's output for one
+    observation (batch dimension removed; `output_name` says what it is) to the action chunk.
+    A lookup policy uses it: the graph computes the embedding, `finish` searches the table.
     """
 
     module: nn.Module
@@ -112,6 +117,7 @@ class ExportGraph:
     example_inputs: tuple[torch.Tensor, ...]
     signature: dict = field(default_factory=dict)
     output_name: str = "action"
+    finish: Callable[[np.ndarray], np.ndarray] | None = None
 
     @property
     def input_names(self) -> tuple[str, ...]:

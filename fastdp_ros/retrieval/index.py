@@ -248,6 +248,7 @@ class EmbeddingIndex:
         try:
             model_dir.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(dir=model_dir, prefix=f".{INDEX_DIR}."))
+            tmp.chmod(0o755)  # mkdtemp makes a private folder; model directories are shared
         except OSError as e:
             raise ModelFileError(f"cannot write an index into {model_dir}: {e.strerror}") from None
         try:

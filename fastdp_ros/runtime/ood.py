@@ -83,32 +83,22 @@ class OODReading:
     stamp: float
 
 
-class OODMonitor:
-    """kNN distance to training embeddings, calibrated threshold, debounce, latched stop.
+class LatchedMonitor:
+    """Debounce and latched stop over a per-frame OOD score; subclasses define `score(obs)`.
 
-    `encoder(obs) -> embedding` (1-D) is the monitor's own encoder. `train_embeddings` (n, d)
-    come from the training set through the same encoder. `spec` (optional) is the encoder's
-    PolicySpec: the runner builds the observation history the encoder expects from it.
+    `threshold` is the calibrated score above which a frame counts as out of distribution;
+    `debounce` consecutive such frames latch the stop until `reset()`. `spec` (optional) is
+    the encoder's PolicySpec: the runner builds the observation history it expects from it.
+    `backend` names what computes the score (for the run's statistics).
     """
 
-    def __init__(self, encoder: Callable[[dict], np.ndarray], train_embeddings, k: int = 1,
-                 threshold: float | None = None, debounce: int = 3, spec=None, use_faiss: bool | None = None):
+    backend = ""
+
+    def __init__(self, threshold: float | None = None, debounce: int = 3, spec=None):
         if debounce < 1:
             raise ConfigError(f"debounce must be >= 1 frame, got {debounce}")
-        if k < 1:
-            raise ConfigError(f"k must be >= 1, got {k}")
-        e = np.asarray(train_embeddings, dtype=np.float64)
-        if e.ndim != 2:
-            raise ConfigError(f"training embeddings must be (n, dim), got shape {e.shape}")
-        self.encoder = encoder
         self.spec = spec
-        self.k = int(k)
         self.debounce = int(debounce)
-        self.mean = e.mean(0) if len(e) else np.zeros(e.shape[1])
-        # A constant feature carries no distance information; unit scale keeps it harmless.
-        std = e.std(0) if len(e) else np.ones(e.shape[1])
-        self.scale = np.where(std > 1e-8, std, 1.0)
-        self.index = KnnIndex(self._standardise(e), use_faiss=use_faiss)
         self.threshold = None if threshold is None else float(threshold)
         self._lock = threading.Lock()
         self._consecutive = 0
@@ -116,6 +106,74 @@ class OODMonitor:
         self.stop_reason: str | None = None
         self.last: OODReading | None = None
         self.counts = {"frames": 0, "over": 0, "stops": 0}
+
+    def score(self, obs: dict) -> float:
+        raise NotImplementedError
+
+    def observe(self, obs: dict, stamp: float = 0.0) -> OODReading:
+        """Score one observation and update the debounce and the latch."""
+        if self.threshold is None:
+            raise ConfigError("the OOD monitor has no threshold: calibrate() it or pass threshold=")
+        s = self.score(obs)
+        return self.record(s, stamp)
+
+    def record(self, score: float, stamp: float = 0.0) -> OODReading:
+        """Update the debounce and latch with an already computed score."""
+        over = not (score <= self.threshold)  # NaN and inf count as over
+        with self._lock:
+            self.counts["frames"] += 1
+            if over:
+                self.counts["over"] += 1
+                self._consecutive += 1
+            else:
+                self._consecutive = 0
+            if over and self._consecutive >= self.debounce and not self._stopped:
+                self._stopped = True
+                self.counts["stops"] += 1
+                self.stop_reason = (f"out of distribution: score {score:.3g} > threshold "
+                                    f"{self.threshold:.3g} for {self._consecutive} consecutive frames")
+                log.error("OOD monitor: %s", self.stop_reason)
+            self.last = OODReading(score, over, self._consecutive, self._stopped, stamp)
+            return self.last
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped
+
+    def reset(self) -> None:
+        """Release the latched stop (an operator's decision) and the debounce count."""
+        with self._lock:
+            self._stopped = False
+            self._consecutive = 0
+            self.stop_reason = None
+
+
+class OODMonitor(LatchedMonitor):
+    """kNN distance to training embeddings, calibrated threshold, debounce, latched stop.
+
+    `encoder(obs) -> embedding` (1-D) is the monitor's own encoder. `train_embeddings` (n, d)
+    come from the training set through the same encoder.
+    """
+
+    def __init__(self, encoder: Callable[[dict], np.ndarray], train_embeddings, k: int = 1,
+                 threshold: float | None = None, debounce: int = 3, spec=None, use_faiss: bool | None = None):
+        super().__init__(threshold, debounce, spec)
+        if k < 1:
+            raise ConfigError(f"k must be >= 1, got {k}")
+        e = np.asarray(train_embeddings, dtype=np.float64)
+        if e.ndim != 2:
+            raise ConfigError(f"training embeddings must be (n, dim), got shape {e.shape}")
+        self.encoder = encoder
+        self.k = int(k)
+        self.mean = e.mean(0) if len(e) else np.zeros(e.shape[1])
+        # A constant feature carries no distance information; unit scale keeps it harmless.
+        std = e.std(0) if len(e) else np.ones(e.shape[1])
+        self.scale = np.where(std > 1e-8, std, 1.0)
+        self.index = KnnIndex(self._standardise(e), use_faiss=use_faiss)
+
+    @property
+    def backend(self) -> str:
+        return self.index.backend
 
     def _standardise(self, e: np.ndarray) -> np.ndarray:
         return (np.asarray(e, dtype=np.float64) - self.mean) / self.scale
@@ -152,42 +210,23 @@ class OODMonitor:
             return math.inf
         return float(self.distances(e)[0])
 
-    def observe(self, obs: dict, stamp: float = 0.0) -> OODReading:
-        """Score one observation and update the debounce and the latch."""
-        if self.threshold is None:
-            raise ConfigError("the OOD monitor has no threshold: calibrate() it or pass threshold=")
-        s = self.score(obs)
-        return self.record(s, stamp)
 
-    def record(self, score: float, stamp: float = 0.0) -> OODReading:
-        """Update the debounce and latch with an already computed score."""
-        over = not (score <= self.threshold)  # NaN and inf count as over
-        with self._lock:
-            self.counts["frames"] += 1
-            if over:
-                self.counts["over"] += 1
-                self._consecutive += 1
-            else:
-                self._consecutive = 0
-            if over and self._consecutive >= self.debounce and not self._stopped:
-                self._stopped = True
-                self.counts["stops"] += 1
-                self.stop_reason = (f"out of distribution: kNN distance {score:.3g} > threshold "
-                                    f"{self.threshold:.3g} for {self._consecutive} consecutive frames")
-                log.error("OOD monitor: %s", self.stop_reason)
-            self.last = OODReading(score, over, self._consecutive, self._stopped, stamp)
-            return self.last
+class ModelScoreMonitor(LatchedMonitor):
+    """A model's own calibrated OOD score: ALT's 1 - cosine similarity to the nearest frame of
+    its table, with the threshold stored in the model directory (no dataset needed)."""
 
-    @property
-    def stopped(self) -> bool:
-        return self._stopped
+    backend = "model"
 
-    def reset(self) -> None:
-        """Release the latched stop (an operator's decision) and the debounce count."""
-        with self._lock:
-            self._stopped = False
-            self._consecutive = 0
-            self.stop_reason = None
+    def __init__(self, policy, debounce: int = 3):
+        if not hasattr(policy, "ood_score") or getattr(policy, "threshold", None) is None:
+            raise ConfigError(f"a {getattr(policy, 'policy_type', type(policy).__name__)!r} model has no OOD score "
+                              "of its own (ALT models have one); give the monitor a dataset instead")
+        super().__init__(policy.threshold, debounce, policy.spec)
+        self.policy = policy
+
+    def score(self, obs: dict) -> float:
+        s = float(self.policy.ood_score(obs))
+        return s if math.isfinite(s) else math.inf
 
 
 def embed_dataset(encoder: Callable[[dict], np.ndarray], dataset, indices) -> np.ndarray:

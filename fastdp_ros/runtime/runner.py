@@ -34,7 +34,7 @@ from fastdp_ros.errors import ConfigError, FastDPError
 from fastdp_ros.policies.spec import ObservationError, PolicySpec
 from fastdp_ros.robots import N_ARM_JOINTS, get_robot
 from fastdp_ros.runtime.buffer import ObservationBuffer
-from fastdp_ros.runtime.ood import OODMonitor
+from fastdp_ros.runtime.ood import LatchedMonitor
 from fastdp_ros.runtime.safety import SafetyFilter, WorkspaceBox
 from fastdp_ros.runtime.scheduler import ActionScheduler, InvalidChunk
 from fastdp_ros.runtime.watchdog import StopLatch, WatchdogLimits, check_watchdogs
@@ -218,7 +218,7 @@ class PolicyRunner:
 
     def __init__(self, policy, config: RunnerConfig | None = None, *, loader: Callable[..., Any] | None = None,
                  backend: str = DEFAULT_BACKEND, clock: Callable[[], float] = time.monotonic,
-                 ood: OODMonitor | None = None, workspace: WorkspaceBox | None = None, fk=None,
+                 ood: LatchedMonitor | None = None, workspace: WorkspaceBox | None = None, fk=None,
                  policy_name: str | None = None):
         self.config = config or RunnerConfig()
         self.clock = clock
@@ -555,5 +555,5 @@ class PolicyRunner:
         }
         if self.ood is not None:
             out["ood"] = {"threshold": self.ood.threshold, **self.ood.counts,
-                          "backend": self.ood.index.backend, "worker": self.ood_worker.stats()}
+                          "backend": self.ood.backend, "worker": self.ood_worker.stats()}
         return out
