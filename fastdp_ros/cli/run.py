@@ -43,6 +43,9 @@ def add_parser(sub) -> None:
     p.add_argument("--joint-rate", type=float, default=500.0, help="joint-state samples per second")
     p.add_argument("--blend", choices=BLEND_MODES, default="crossfade", help="how overlapping chunks blend")
     p.add_argument("--crossfade-ms", type=float, default=None, help="chunk blend time; when omitted, the model's dt")
+    p.add_argument("--replan-ms", type=float, default=None,
+                   help="time between the observations plans start from; when omitted, the model's n_action_steps "
+                        "* dt (the chunk length it was evaluated with); 0: plan from every new observation")
     p.add_argument("--deadline-ms", type=float, default=None, help="inference deadline; when omitted, the model's dt")
     p.add_argument("--seed0", type=int, default=EVAL_SEED0, help="first episode seed")
     p.add_argument("--sampler", default=None, help="dp: ddpm | ddim | edm; when omitted, the model's")
@@ -120,7 +123,8 @@ def run(args) -> int:
         raise ConfigError(f"--torch-threads must be >= 1, got {args.torch_threads}")
     runner_config = RunnerConfig(rate=args.rate, blend=args.blend,
                                  crossfade_s=None if args.crossfade_ms is None else args.crossfade_ms / 1e3,
-                                 deadline_s=None if args.deadline_ms is None else args.deadline_ms / 1e3)
+                                 deadline_s=None if args.deadline_ms is None else args.deadline_ms / 1e3,
+                                 replan_s=None if args.replan_ms is None else args.replan_ms / 1e3)
     if args.stats:
         try:
             Path(args.stats).parent.mkdir(parents=True, exist_ok=True)

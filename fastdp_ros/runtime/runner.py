@@ -67,12 +67,15 @@ class RunnerConfig:
     acceleration_scale: float = 1.0  # fraction of the robot's acceleration limits
     warmup_calls: int = 2  # act() calls on a new policy before it drives (first calls are slow)
     ood_rate: float | None = None  # OOD checks per second; default 1 / spec.dt, the rate the training set saw
+    # time between the observations a new plan starts from; default n_action_steps * dt, the
+    # chunk length the policy was trained and evaluated to execute (0: every new observation)
+    replan_s: float | None = None
     robot: str | None = None  # robot type; default: the policy spec's
 
     def __post_init__(self):
         if not (math.isfinite(self.rate) and self.rate > 0):
             raise ConfigError(f"command rate must be > 0 Hz, got {self.rate}")
-        for name in ("crossfade_s", "deadline_s", "max_command_age_s", "stall_timeout_s"):
+        for name in ("crossfade_s", "deadline_s", "max_command_age_s", "stall_timeout_s", "replan_s"):
             v = getattr(self, name)
             if v is not None and not (math.isfinite(v) and v >= 0):
                 raise ConfigError(f"{name} must be a non-negative number of seconds, got {v}")
@@ -90,6 +93,7 @@ class Timing:
     crossfade_s: float
     max_command_age_s: float
     stall_timeout_s: float
+    replan_s: float
 
     @classmethod
     def of(cls, config: RunnerConfig, spec: PolicySpec) -> "Timing":
@@ -100,7 +104,8 @@ class Timing:
         return cls(deadline_s=config.deadline_s if config.deadline_s is not None else spec.dt,
                    crossfade_s=config.crossfade_s if config.crossfade_s is not None else spec.dt,
                    max_command_age_s=age,
-                   stall_timeout_s=config.stall_timeout_s if config.stall_timeout_s is not None else age)
+                   stall_timeout_s=config.stall_timeout_s if config.stall_timeout_s is not None else age,
+                   replan_s=config.replan_s if config.replan_s is not None else spec.n_action_steps * spec.dt)
 
 
 @dataclass(frozen=True)
@@ -422,7 +427,9 @@ class PolicyRunner:
 
     def _submit_observations(self) -> None:
         t_obs = self.buffer.observation_time(self.spec.obs_keys)
-        if t_obs is not None and t_obs != self._submitted_t_obs:
+        last = self._submitted_t_obs
+        # 1e-6 s of slack, as for the OOD checks below: stamps a whole number of dt apart
+        if t_obs is not None and (last is None or t_obs - last >= max(self.timing.replan_s - 1e-6, 1e-9)):
             built = self.buffer.observation(self.spec)
             if built is not None:
                 self.worker.submit(built[0], built[1])
