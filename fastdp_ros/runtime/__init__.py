@@ -42,8 +42,8 @@ from fastdp_ros.runtime.worker import InferenceResult, InferenceWorker, LatencyR
 
 __all__ = [
     "BLEND_MODES", "CARTESIAN_LIMITS", "SIM_WORKSPACE", "ActionScheduler", "CartesianSafetyFilter", "Command",
-    "InferenceResult", "InferenceWorker", "InvalidChunk", "KnnIndex", "LatchedMonitor", "LatencyRecord", "LoopConfig", "ModelScoreMonitor",
-    "OODMonitor",
+    "InferenceResult", "InferenceWorker", "InvalidChunk", "KnnIndex", "LatchedMonitor", "LatencyRecord", "LoopConfig",
+    "ModelScoreMonitor", "OODMonitor",
     "OODReading", "ObservationBuffer", "PolicyRunner", "RateLimiter", "RunnerConfig", "SafeCommand", "SafePose",
     "SafetyFilter", "SimPlant", "StopEvent", "StopLatch", "StreamSpec", "SwapJob", "Timing", "VideoRecorder",
     "WatchdogLimits", "WorkspaceBox", "braking_speed", "check_watchdogs", "knot_times", "monitor_from_dataset",
