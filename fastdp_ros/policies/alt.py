@@ -183,7 +183,7 @@ class ALTEncoder(nn.Module):
         lowdim = {k: obs[k][:, -1] for k in self.lowdim_keys}
         return self.embed_prepared(*self.prepare_frames(images, lowdim))
 
-    def lowdim_affine(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    def affine_per_key(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Per low-dim key (scale, offset) of its normalization (x * scale + offset in [-1, 1])."""
         out, start = {}, 0
         for key in self.lowdim_keys:
@@ -383,7 +383,7 @@ class ALTPolicy(Policy):
         faiss does, finishes act() outside it and keeps the OOD verdict in last_ood."""
         graph = flat_export_graph(_EmbedModule(self.encoder), self.spec, {},
                                   {"policy": "alt", "embed_dim": self.config.embed_dim}, device=self.device,
-                                  lowdim_affine=self.encoder.lowdim_affine())
+                                  lowdim_affine=self.encoder.affine_per_key())
         graph.output_name = "embedding"
         graph.finish = self._act_from_embedding
         return graph

@@ -108,6 +108,13 @@ class Timing:
                    replan_s=config.replan_s if config.replan_s is not None else spec.n_action_steps * spec.dt)
 
 
+def _due(t_obs: float | None, last: float | None, period: float) -> bool:
+    """Whether the observation stamped t_obs is due for a new submission, `period` s after the
+    last one (period 0: any newer observation). 1e-6 s of slack: sensor stamps a whole number
+    of periods apart must not miss the check by rounding."""
+    return t_obs is not None and (last is None or t_obs - last >= max(period - 1e-6, 1e-9))
+
+
 @dataclass(frozen=True)
 class Command:
     """One command for the arm (already through the SafetyFilter)."""
@@ -427,19 +434,14 @@ class PolicyRunner:
 
     def _submit_observations(self) -> None:
         t_obs = self.buffer.observation_time(self.spec.obs_keys)
-        last = self._submitted_t_obs
-        # 1e-6 s of slack, as for the OOD checks below: stamps a whole number of dt apart
-        if t_obs is not None and (last is None or t_obs - last >= max(self.timing.replan_s - 1e-6, 1e-9)):
+        if _due(t_obs, self._submitted_t_obs, self.timing.replan_s):
             built = self.buffer.observation(self.spec)
             if built is not None:
                 self.worker.submit(built[0], built[1])
                 self._submitted_t_obs = built[1]
         if self.ood is None:
             return
-        t_ood = self.buffer.observation_time(self.ood_spec.obs_keys)
-        last = self._ood_submitted_t_obs
-        # 1e-6 s of slack: sensor stamps one period apart must not miss the check by rounding
-        if t_ood is not None and (last is None or t_ood - last >= self.ood_period - 1e-6):
+        if _due(self.buffer.observation_time(self.ood_spec.obs_keys), self._ood_submitted_t_obs, self.ood_period):
             built = self.buffer.observation(self.ood_spec)
             if built is not None:
                 self.ood_worker.submit(built, built[1])
