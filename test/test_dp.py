@@ -133,3 +133,42 @@ def test_relative_actions_train_act_and_round_trip(tmp_path):
         assert np.sign(chunk[:, :7].mean()) == sign
     with pytest.raises(Exception, match="relative to 'joint_pos'"):
         model.normalize_action(action)
+
+
+def test_init_from_seeds_an_edm_model_with_a_ddpm_models_parameters(tmp_path):
+    import json
+
+    from fastdp_ros.errors import ConfigError
+    from fastdp_ros.policies.dp import DiffusionPolicyModel, load_initial_weights
+    from fastdp_ros.policies.modeldir import model_hash
+    from fastdp_ros.policies.spec import PolicySpec
+
+    source, _ = train_tiny(tmp_path / "ddpm", steps=20)
+    cfg = json.loads((source / "config.json").read_text())
+    spec = PolicySpec.from_dict(cfg["spec"])
+    edm = DiffusionPolicyModel(spec, tiny_config(noise_model="edm", sampler="edm"), cfg["normalizer"])
+    entry = load_initial_weights(edm, source)
+    assert entry["model_hash"] == model_hash(source) and entry["noise_model"] == "ddpm"
+    teacher = load_policy(source).model
+    for name, value in teacher.named_parameters():
+        torch.testing.assert_close(dict(edm.named_parameters())[name], value)
+    assert not hasattr(edm, "train_sampler")  # buffers (the DDPM schedule) stay the EDM model's own
+
+    other = DiffusionPolicyModel(spec, tiny_config(down_dims=(16, 32)), cfg["normalizer"])
+    with pytest.raises(ConfigError, match="down_dims"):
+        load_initial_weights(other, source)
+
+
+def test_train_init_from_records_provenance(tmp_path):
+    import json
+
+    source, _ = train_tiny(tmp_path / "ddpm", steps=5)
+    ds = tmp_path / "ddpm" / "ds"
+    out = tmp_path / "edm"
+    settings = TrainSettings(steps=3, batch_size=8, lr=1e-3, warmup_steps=1, val_every=10**6, ckpt_every=10**6)
+    train_diffusion_policy(str(ds), str(out), tiny_config(noise_model="edm", sampler="edm", num_inference_steps=3),
+                           settings, image_keys=("img_front",), horizon=8, n_obs_steps=2, n_action_steps=4,
+                           val_ratio=0.0, init_from=str(source))
+    provenance = json.loads((out / "config.json").read_text())["provenance"]
+    assert provenance["init_from"]["model"] == str(source.resolve())
+    assert np.all(np.isfinite(load_policy(out).act(obs_of(1.0))))

@@ -234,6 +234,18 @@ def test_configure_passes_options_and_model_dir_wins(catalog, tmp_path):
     logic.cleanup()
 
 
+def test_replan_period_parameter(catalog):
+    logic, _, _ = make_logic(catalog)
+    logic.configure("move")
+    assert logic.runner.timing.replan_s == pytest.approx(SPEC.n_action_steps * SPEC.dt)  # -1: the model's chunk
+    logic.cleanup()
+    for period in (0.0, 0.25):
+        logic, _, _ = make_logic(catalog, replan_period=period)
+        logic.configure("move")
+        assert logic.runner.timing.replan_s == pytest.approx(period)
+        logic.cleanup()
+
+
 # ----------------------------------------------------------------------------- start-up
 
 

@@ -37,6 +37,9 @@ def add_parser(sub) -> None:
     p.add_argument("--ckpt-every", type=int, default=2000)
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
     p.add_argument("--half", action="store_true", help="store fp16 weights (smaller model files)")
+    p.add_argument("--init-from", default=None, metavar="MODEL",
+                   help="dp: start from this Diffusion Policy's parameters (same network; the noise model may "
+                        "differ, e.g. an EDM teacher from a DDPM one)")
     p.add_argument("--max-episodes", type=int, default=None, help="use only the first N episodes")
     g = p.add_argument_group("observation and action layout")
     g.add_argument("--image-keys", type=_keys, default=("img_front", "img_wrist"),
@@ -73,6 +76,8 @@ def run(args) -> int:
     if args.policy not in TRAINABLE:
         raise ConfigError(f"`fastdp train` trains {', '.join(TRAINABLE)}; got --policy {args.policy!r}")
     if args.policy == "alt":
+        if args.init_from:
+            raise ConfigError("--init-from seeds a Diffusion Policy (--policy dp); ALT trains its own encoder")
         return run_alt(args)
     from fastdp_ros.policies.dp import DiffusionPolicyConfig, train_diffusion_policy
     from fastdp_ros.policies.training import TrainSettings
@@ -92,7 +97,7 @@ def run(args) -> int:
     result = train_diffusion_policy(
         args.dataset, args.out, config, settings, image_keys=args.image_keys, lowdim_keys=args.lowdim_keys,
         horizon=args.horizon, n_obs_steps=args.n_obs_steps, n_action_steps=args.n_action_steps,
-        max_episodes=args.max_episodes, resume=args.resume, half=args.half,
+        max_episodes=args.max_episodes, resume=args.resume, half=args.half, init_from=args.init_from,
     )
     log.info("trained %d steps in %.0f s: loss %.4f -> %.4f%s; model in %s", result.steps, result.seconds,
              result.first_loss, result.final_loss,

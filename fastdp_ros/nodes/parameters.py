@@ -162,6 +162,8 @@ POLICY_PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("velocity_scale", 1.0, "fraction of the robot's joint velocity limits the commands may use"),
     ParamSpec("acceleration_scale", 1.0, "fraction of the robot's joint acceleration limits"),
     ParamSpec("blend", "crossfade", "how overlapping action chunks blend: crossfade | ensemble"),
+    ParamSpec("replan_period", -1.0, "seconds between new plans; -1: the model's chunk length (n_action_steps "
+                                     "x dt, what it was trained and evaluated with); 0: plan from every frame"),
     ParamSpec("autostart", True, "configure and activate the lifecycle node at start-up (false: wait for "
                                  "`ros2 lifecycle set`)"),
 )

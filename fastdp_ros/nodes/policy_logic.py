@@ -204,7 +204,8 @@ class PolicyLogic:
         p = self.config.params
         runner_config = RunnerConfig(rate=self.config.control_rate, blend=p["blend"], robot=self.robot.name,
                                      velocity_scale=float(p["velocity_scale"]),
-                                     acceleration_scale=float(p["acceleration_scale"]))
+                                     acceleration_scale=float(p["acceleration_scale"]),
+                                     replan_s=None if float(p["replan_period"]) < 0 else float(p["replan_period"]))
         tcp_offset = float(p["tcp_offset"])
         fk = (lambda q: kinematics.tcp_transform(q, tcp_offset)[0]) if self.config.workspace is not None else None
         self.runner = PolicyRunner(policy, runner_config, loader=self._raw_loader, backend=self.config.backend,

@@ -438,12 +438,60 @@ def demonstration_episodes(buffer) -> np.ndarray:
     return np.arange(buffer.n_episodes)
 
 
+# Fields that fix the network's parameters: a model to start from must agree on all of them.
+NETWORK_FIELDS = ("backbone", "pool", "feature_dim", "num_keypoints", "share_backbone", "down_dims",
+                  "diffusion_step_embed_dim", "kernel_size", "n_groups")
+
+
+def load_initial_weights(model: DiffusionPolicyModel, path: str | os.PathLike) -> dict:
+    """Copy the parameters of the Diffusion Policy in `path` into `model` as a training start.
+
+    Only parameters move, never buffers: `model` keeps its own normalizer and noise schedule,
+    so a DDPM teacher can seed an EDM one (same encoder and U-Net, another noise model).
+    Returns the provenance entry. A model of another kind, observation layout or network
+    shape is a ConfigError before any training starts.
+    """
+    from fastdp_ros.policies.modeldir import model_hash
+
+    files = load_model_dir(path)
+    if files.policy_type != "dp":
+        raise ConfigError(f"--init-from needs a Diffusion Policy (policy_type 'dp'); {path} is a "
+                          f"{files.policy_type!r} model")
+    spec, config, source = build_model_from_files(files)
+    problems = [f"{name}: {getattr(config, name)!r} vs {getattr(model.config, name)!r}"
+                for name in NETWORK_FIELDS if getattr(config, name) != getattr(model.config, name)]
+    mine = model.spec
+    for name in ("image_keys", "image_shape", "lowdim_dims", "action_dim", "horizon", "n_obs_steps"):
+        if getattr(spec, name) != getattr(mine, name):
+            problems.append(f"{name}: {getattr(spec, name)!r} vs {getattr(mine, name)!r}")
+    if problems:
+        raise ConfigError(f"--init-from {path} does not fit the network being trained (its value vs this "
+                          f"run's): " + "; ".join(problems))
+    with torch.no_grad():
+        theirs = dict(source.named_parameters())
+        for name, param in model.named_parameters():
+            param.copy_(theirs[name])
+    mine_buffers = dict(model.named_buffers())
+    same_statistics = all(
+        name in mine_buffers and mine_buffers[name].shape == value.shape and torch.allclose(mine_buffers[name], value)
+        for name, value in source.named_buffers()
+        if name.startswith("preprocess.") or name.startswith("action_")
+    )
+    if not same_statistics:
+        log.warning("--init-from %s was trained with other normalization statistics; its weights are "
+                    "only a starting point here", path)
+    log.info("starting from the parameters of %s (%s noise model)", path, config.noise_model)
+    return {"model": os.path.abspath(path), "model_hash": model_hash(path), "noise_model": config.noise_model}
+
+
 def train_diffusion_policy(dataset: str, out: str, config: DiffusionPolicyConfig, settings,
                            image_keys=DEFAULT_IMAGE_KEYS, lowdim_keys=DEFAULT_LOWDIM_KEYS,
                            horizon: int = 16, n_obs_steps: int = 2, n_action_steps: int = 8,
                            val_ratio: float = 0.05, max_episodes: int | None = None,
-                           resume: bool = False, half: bool = False):
-    """Train a Diffusion Policy on a zarr dataset and write the model directory `out`."""
+                           resume: bool = False, half: bool = False, init_from: str | None = None):
+    """Train a Diffusion Policy on a zarr dataset and write the model directory `out`.
+    `init_from`: a Diffusion Policy directory whose parameters the training starts from
+    (ignored when resuming: the checkpoint has the weights)."""
     from fastdp_ros.data import ReplayBuffer, WindowDataset, dataset_fingerprint, split_episodes
     from fastdp_ros.errors import DatasetError
     from fastdp_ros.policies.modeldir import save_model_dir
@@ -471,6 +519,8 @@ def train_diffusion_policy(dataset: str, out: str, config: DiffusionPolicyConfig
         "dataset": os.path.abspath(dataset), "dataset_fingerprint": dataset_fingerprint(buffer),
         "train_episodes": len(train_eps), "val_episodes": len(val_eps),
     }
+    if init_from:
+        provenance["init_from"] = load_initial_weights(model, init_from)
 
     def save(m: nn.Module, step: int) -> None:
         cfg = {"spec": spec.to_dict(), "policy": config.to_dict(), "normalizer": normalizer.to_dict(),
