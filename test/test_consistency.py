@@ -124,3 +124,39 @@ def test_bad_input_fails_before_training(edm_teacher, tmp_path):
     with pytest.raises(DatasetError, match="reward"):
         distill_ractd(str(model_dir), str(no_reward), str(tmp_path / "c"), ConsistencyConfig(), settings(1))
     assert not any((tmp_path / d).exists() for d in "abc")
+
+
+def test_ragdp_on_a_consistency_student(edm_teacher, tmp_path):
+    """RAGDP's VE variant stacked on the student: 1/20 is one jump from the retrieved chunk;
+    leap ratio 1 is the student's own chain."""
+    pytest.importorskip("faiss")
+    from fastdp_ros.data import ReplayBuffer
+    from fastdp_ros.policies.ragdp import STUDENT_CHAIN_LEVELS, RAGDPConfig, RAGDPPolicy, build_ragdp
+
+    model_dir, dataset = edm_teacher
+    student = tmp_path / "cp"
+    distill_consistency(str(model_dir), str(dataset), str(student), ConsistencyConfig(), settings(3))
+    build_ragdp(student, dataset, tmp_path / "rag", RAGDPConfig(leap_ratio=1 / 20), show_progress=False)
+    rag = load_policy(tmp_path / "rag")
+    assert rag.base.noise_family == "ve" and rag.nfe == 1
+    buf = ReplayBuffer.open(dataset)
+    episode = buf.get_episode(0, ["img_front", "joint_pos", "gripper", "action"])
+    obs = {k: episode[k][4:6] for k in ("img_front", "joint_pos", "gripper")}
+    chunk = rag.act(obs)
+    assert rag.last_retrieval["score"] < 1e-6
+    # the last of the chain's 20 levels is sigma = 0.006 (normalized units): the retrieved chunk
+    # comes back nearly untouched (the other episodes' chunks are >= 0.2 away)
+    np.testing.assert_allclose(chunk, episode["action"][4:12], atol=0.05)
+
+    full = RAGDPPolicy.from_model_dir(tmp_path / "rag", leap_ratio=1.0)
+    plain = load_policy(student, steps=STUDENT_CHAIN_LEVELS)
+    assert full.nfe == plain.nfe == STUDENT_CHAIN_LEVELS
+    tensors = {k: torch.from_numpy(v)[None] for k, v in obs.items()}
+    noise = torch.randn(1, 8, 8)
+    step_noise = torch.randn(STUDENT_CHAIN_LEVELS - 1, 1, 8, 8)
+    with torch.no_grad():
+        expected = plain.graph(tensors, noise, step_noise)
+        model = full.model
+        got = full.refiner(model.encode(tensors), torch.zeros(1, 8, 8), noise, step_noise,
+                           model.action_reference(tensors))
+    torch.testing.assert_close(got, expected)

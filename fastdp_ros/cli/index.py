@@ -24,7 +24,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser("index", help="build a retrieval-accelerated policy (ragdp) from a teacher and a dataset",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--policy", required=True, help=f"one of: {', '.join(INDEXABLE)}")
-    p.add_argument("--teacher", required=True, help="model directory of the Diffusion Policy to accelerate")
+    p.add_argument("--teacher", required=True,
+                   help="model directory to accelerate: a Diffusion Policy (dp), or a consistency / ractd student")
     p.add_argument("--dataset", default=None, help="zarr dataset of demonstrations (None: the teacher's)")
     p.add_argument("--out", required=True, help="model directory to write")
     p.add_argument("--leap", default="1/10",

@@ -126,26 +126,109 @@ def _levels(x: torch.Tensor, value: float) -> torch.Tensor:
     return x.new_full((x.shape[0],), float(value))
 
 
+class StudentJump(nn.Module):
+    """forward(x, t, cond) -> G(x, t, 0): the student's jump from level t straight to a clean
+    chunk (the denoise_fn convention of the samplers)."""
+
+    def __init__(self, student: TrajectoryStudent):
+        super().__init__()
+        self.student = student
+
+    def forward(self, x: torch.Tensor, t, cond: torch.Tensor) -> torch.Tensor:
+        return self.student.denoise(x, _levels(x, t), _levels(x, 0.0), cond)  # G(x, t, 0) = g(x, t, 0)
+
+
+class ConsistencyChainSampler(nn.Module):
+    """Chained consistency sampling as a sampler: from level i, jump to a clean chunk x0 =
+    G(x, t_i, 0), re-noise it to level i + 1 with step noise, and so on; the last x0 (clipped to
+    the normalized range) is the sample. One network evaluation per level. noise_to_index and
+    sample_from let RAGDP start part-way down the chain from a retrieved chunk (the VE variant)."""
+
+    def __init__(self, levels: tuple[float, ...]):
+        super().__init__()
+        self.levels = tuple(float(t) for t in levels)
+        self.num_steps = len(self.levels)
+        self.stochastic = self.num_steps > 1  # re-noising between levels draws noise
+
+    def extra_repr(self) -> str:
+        return f"levels={[round(t, 4) for t in self.levels]}"
+
+    def _check_start(self, start_index: int) -> int:
+        if not 0 <= start_index < self.num_steps:
+            raise ConfigError(f"start index {start_index} outside the chain's {self.num_steps} levels")
+        return int(start_index)
+
+    def nfe(self, start_index: int = 0) -> int:
+        return self.num_steps - self._check_start(start_index)
+
+    def noise_to_index(self, x0: torch.Tensor, noise: torch.Tensor, index: int) -> torch.Tensor:
+        return x0 + self.levels[self._check_start(index)] * noise
+
+    def sample(self, jump, noise: torch.Tensor, cond: torch.Tensor | None = None,
+               step_noise: torch.Tensor | None = None) -> torch.Tensor:
+        return self.sample_from(jump, self.levels[0] * noise, 0, cond, step_noise)
+
+    def sample_from(self, jump, x: torch.Tensor, start_index: int, cond: torch.Tensor | None = None,
+                    step_noise: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """jump(x, t, cond) -> x0 (StudentJump); step_noise[i] re-noises to level i + 1."""
+        x0 = x
+        for i in range(self._check_start(start_index), self.num_steps):
+            x0 = jump(x, self.levels[i], cond)
+            if i + 1 < self.num_steps:
+                z = (step_noise[i] if step_noise is not None
+                     else torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype))
+                x = x0 + self.levels[i + 1] * z
+        return x0.clamp(-1.0, 1.0)
+
+
 class ConsistencyActGraph(nn.Module):
     """The whole act() step: raw observation + noise (+ re-noising for chained steps) -> actions."""
 
     def __init__(self, student: TrajectoryStudent, chain: tuple[float, ...]):
         super().__init__()
         self.student = student
-        self.chain = tuple(float(t) for t in chain)
-        self.nfe = len(self.chain)
+        self.jump = StudentJump(student)
+        self.sampler = ConsistencyChainSampler(chain)
+        self.chain = self.sampler.levels
+        self.nfe = self.sampler.nfe()
 
     def forward(self, obs: dict[str, torch.Tensor], noise: torch.Tensor,
                 step_noise: torch.Tensor | None = None) -> torch.Tensor:
         model = self.student.model
-        cond = model.encode(obs)
-        x = self.chain[0] * noise
-        x0 = x
-        for i, t in enumerate(self.chain):
-            x0 = self.student.denoise(x, _levels(x, t), _levels(x, 0.0), cond)  # G(x, t, 0) = g(x, t, 0)
-            if i + 1 < len(self.chain):
-                x = x0 + self.chain[i + 1] * step_noise[i]
-        return model.unnormalize_action(x0.clamp(-1.0, 1.0), model.action_reference(obs))
+        x0 = self.sampler.sample(self.jump, noise, model.encode(obs), step_noise)
+        return model.unnormalize_action(x0, model.action_reference(obs))
+
+
+class StudentRetrievalModel(nn.Module):
+    """A consistency (or RACTD) student as the model RAGDP accelerates: the student's encoder and
+    action normalization, and its chain of levels as the sampler (VE: x = a + t eps)."""
+
+    SAMPLER = "consistency"
+
+    def __init__(self, student: TrajectoryStudent):
+        super().__init__()
+        self.student = student
+        self.jump = StudentJump(student)
+        self.cond_dim = student.model.cond_dim
+
+    def encode(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.student.model.encode(obs)
+
+    def action_reference(self, obs: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        return self.student.model.action_reference(obs)
+
+    def normalize_action(self, action: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:
+        return self.student.model.normalize_action(action, reference)
+
+    def unnormalize_action(self, naction: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:
+        return self.student.model.unnormalize_action(naction, reference)
+
+    def make_sampler(self, name: str | None = None, steps: int | None = None) -> ConsistencyChainSampler:
+        if name not in (None, self.SAMPLER):
+            raise ConfigError(f"a consistency student samples with its own chain ({self.SAMPLER!r}), not {name!r}")
+        if steps is None or steps < 1:
+            raise ConfigError(f"the consistency chain needs a number of levels >= 1, got {steps}")
+        return ConsistencyChainSampler(inference_chain(self.student.model.config, steps))
 
 
 def inference_chain(network: DiffusionPolicyConfig, steps: int) -> tuple[float, ...]:
@@ -255,7 +338,11 @@ def run_student_training(module: ConsistencyDistillation, teacher: Teacher, trai
 
 def load_student(path) -> tuple[PolicySpec, ConsistencyConfig, TrajectoryStudent, dict]:
     """Rebuild a consistency (or RACTD) student from its model directory."""
-    files = load_model_dir(path)
+    return student_from_files(load_model_dir(path))
+
+
+def student_from_files(files) -> tuple[PolicySpec, ConsistencyConfig, TrajectoryStudent, dict]:
+    """Rebuild a consistency (or RACTD) student from parsed model files (RAGDP keeps them too)."""
     cfg = files.config
     try:
         spec = PolicySpec.from_dict(cfg["spec"])

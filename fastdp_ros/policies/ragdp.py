@@ -9,17 +9,18 @@ observation encoder (its conditioning vector) into a faiss index. At run time ac
   3. noises that chunk to an intermediate step of the base sampler and runs only the
      remaining steps:
         VP (DDPM/DDIM teacher):  x_t = sqrt(abar_t) a + sqrt(1 - abar_t) eps
-        VE (EDM teacher):        x_sigma = a + sigma eps
+        VE (EDM teacher, or a consistency / RACTD student):  x_sigma = a + sigma eps
      (the sampler's `noise_to_index` / `sample_from`).
 
 The leap ratio is the fraction of the sampler's steps that is run: 1/10 of a 100-step DDIM
 schedule runs its last 10 steps (NFE 10); leap ratio 1 is the plain base sampler from noise.
+A student's sampler is its chain of jumps over STUDENT_CHAIN_LEVELS Karras levels: 1/20 is
+one jump, from the retrieved chunk noised to the last level.
 
 What is accelerated is a "retrieval base": something with an observation encoder, action
-normalization, a denoising network and samplers offering noise_to_index/sample_from. The
-Diffusion Policy teacher is one (`_dp_base`); a consistency-distilled student (VE) becomes
-another by adding a loader to BASE_LOADERS -- the retrieval, the index and the policy stay
-as they are.
+normalization, a denoising network and samplers offering noise_to_index/sample_from, one
+loader per model kind in BASE_LOADERS (`_dp_base`, `_student_base`); the retrieval, the index
+and the policy are the same for all of them.
 """
 
 from __future__ import annotations
@@ -149,8 +150,25 @@ def _dp_base(files: ModelFiles) -> RetrievalBase:
     return RetrievalBase(spec, model, model.unet, family, default, model.cond_dim, entries)
 
 
-#: policy_type of a base model directory -> loader (a consistency student adds its own)
-BASE_LOADERS: dict[str, Callable[[ModelFiles], RetrievalBase]] = {"dp": _dp_base}
+#: levels of a consistency student's chain the leap ratio counts in: 1/20 runs one jump
+STUDENT_CHAIN_LEVELS = 20
+
+
+def _student_base(files: ModelFiles) -> RetrievalBase:
+    """A consistency or RACTD student (VE): retrieval with its encoder, refinement by its chain."""
+    from fastdp_ros.policies.consistency import StudentRetrievalModel, student_from_files
+
+    spec, _, student, _ = student_from_files(files)
+    model = StudentRetrievalModel(student)
+    entries = {k: files.config[k] for k in ("spec", "policy", "network", "normalizer")}
+    return RetrievalBase(spec, model, model.jump, "ve", (model.SAMPLER, STUDENT_CHAIN_LEVELS), model.cond_dim,
+                         entries)
+
+
+#: policy_type of a base model directory -> loader
+BASE_LOADERS: dict[str, Callable[[ModelFiles], RetrievalBase]] = {
+    "dp": _dp_base, "consistency": _student_base, "ractd": _student_base,
+}
 
 
 def load_base(files: ModelFiles, base_type: str) -> RetrievalBase:
