@@ -11,15 +11,19 @@ pytest.importorskip("faiss")
 
 from fastdp_ros.cli.main import main  # noqa: E402
 from fastdp_ros.data import ReplayBuffer  # noqa: E402
-from fastdp_ros.errors import DatasetError, ModelFileError  # noqa: E402
+from fastdp_ros.errors import ConfigError, DatasetError, ModelFileError  # noqa: E402
 from fastdp_ros.policies import load_policy  # noqa: E402
 from fastdp_ros.policies.alt import (  # noqa: E402
     ALTConfig,
     ALTPolicy,
     colour_jitter,
     nt_xent,
+    patch_mask,
     random_resized_crop,
+    rotate_hue,
+    shift_frames,
     train_alt,
+    translate,
 )
 from fastdp_ros.policies.training import TrainSettings  # noqa: E402
 from fastdp_ros.retrieval.ood import perturb_images  # noqa: E402
@@ -86,6 +90,26 @@ def test_augmentations_keep_shape_and_range():
     assert 0.0 <= float(jitter.min()) and float(jitter.max()) <= 1.0
     # the identity crop returns the image
     torch.testing.assert_close(random_resized_crop(x, (1.0, 1.0), (1.0, 1.0)), x, atol=1e-5, rtol=0)
+
+
+def test_shifted_negatives_turn_colours_and_move_the_camera():
+    x = torch.zeros(1, 3, 16, 16)
+    x[:, 0, 4:8, 4:8] = 1.0  # a red square
+    moved = translate(x, torch.tensor([0.25]), torch.tensor([0.0]))
+    torch.testing.assert_close(moved[:, :, 4:8, 8:12], x[:, :, 4:8, 4:8], atol=1e-5, rtol=0)  # 4 px right
+    turned = rotate_hue(x, torch.tensor([1.0 / 3.0]))  # a third of a turn: red -> green
+    torch.testing.assert_close(turned[:, 1], x[:, 0], atol=1e-5, rtol=0)
+    torch.manual_seed(0)
+    frames = {"img_front": torch.rand(6, 3, 16, 16), "img_wrist": torch.rand(6, 3, 16, 16)}
+    shifted = shift_frames(frames, ALTConfig())
+    for key, value in shifted.items():
+        assert value.shape == frames[key].shape and 0.0 <= float(value.min()) and float(value.max()) <= 1.0
+        assert torch.all((value - frames[key]).abs().flatten(1).amax(1) > 0.05)  # every copy really changed
+    with pytest.raises(ConfigError, match="negative_hue"):
+        ALTConfig(negative_hue=(0.2, 0.7))
+    mask = patch_mask(50, 20, 20, (0.04, 0.04), "cpu")
+    assert mask.shape == (50, 1, 20, 20)
+    assert torch.all(mask.sum(dim=(1, 2, 3)) == 16)  # a 4 x 4 patch: 4% of 20 x 20
 
 
 def test_model_directory_holds_table_threshold_and_report(model):

@@ -77,6 +77,15 @@ class ALTConfig:
     crop_scale: tuple[float, float] = (0.8, 1.0)  # random resized crop: area fraction
     crop_ratio: tuple[float, float] = (0.9, 1.1)  # and aspect ratio
     proprio_noise: float = 0.02  # Gaussian noise on the normalised low-dim inputs
+    # shifted negatives (CSI, Tack et al. 2020): a copy of each frame with a large hue turn (of the
+    # whole image or of one small patch) or a camera translation joins the batch as a frame of its
+    # own, a negative of the original. The positives above teach invariance to small changes;
+    # these keep the embedding sensitive to the large ones an OOD monitor must see (an object of
+    # another colour, a moved camera).
+    shifted_negatives: bool = True
+    negative_hue: tuple[float, float] = (0.15, 0.5)  # hue turn, fraction of a full turn (either way)
+    negative_translation: tuple[float, float] = (0.15, 0.3)  # image shift, fraction of its size
+    negative_patch_area: tuple[float, float] = (0.01, 0.05)  # recoloured patch, fraction of the image
     # table and OOD calibration
     holdout_ratio: float = 0.1  # episodes held out of the table to calibrate the OOD threshold
     ood_quantile: float = 0.99  # threshold = this quantile of held-out in-distribution scores
@@ -87,12 +96,21 @@ class ALTConfig:
         self.strides = tuple(int(s) for s in self.strides)
         self.crop_scale = tuple(float(v) for v in self.crop_scale)
         self.crop_ratio = tuple(float(v) for v in self.crop_ratio)
+        self.negative_hue = tuple(float(v) for v in self.negative_hue)
+        self.negative_translation = tuple(float(v) for v in self.negative_translation)
+        self.negative_patch_area = tuple(float(v) for v in self.negative_patch_area)
         if self.image_size < 8 or self.embed_dim < 2:
             raise ConfigError(f"ALT needs image_size >= 8 and embed_dim >= 2, got {self.image_size}, {self.embed_dim}")
         if self.temperature <= 0:
             raise ConfigError(f"temperature must be > 0, got {self.temperature}")
         if not (0 < self.crop_scale[0] <= self.crop_scale[1] <= 1 and 0 < self.crop_ratio[0] <= self.crop_ratio[1]):
             raise ConfigError(f"invalid crop_scale {self.crop_scale} or crop_ratio {self.crop_ratio}")
+        if not (0 <= self.negative_hue[0] <= self.negative_hue[1] <= 0.5
+                and 0 <= self.negative_translation[0] <= self.negative_translation[1] < 1
+                and 0 < self.negative_patch_area[0] <= self.negative_patch_area[1] <= 1):
+            raise ConfigError(f"invalid negative_hue {self.negative_hue} (within [0, 0.5]), negative_translation "
+                              f"{self.negative_translation} (within [0, 1)) or negative_patch_area "
+                              f"{self.negative_patch_area} (within (0, 1])")
         if not 0.0 < self.holdout_ratio < 1.0:
             raise ConfigError(f"holdout_ratio must be in (0, 1): ALT calibrates its OOD threshold on held-out "
                               f"episodes; got {self.holdout_ratio}")
@@ -102,7 +120,8 @@ class ALTConfig:
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
-        for k in ("channels", "strides", "crop_scale", "crop_ratio"):
+        for k in ("channels", "strides", "crop_scale", "crop_ratio", "negative_hue", "negative_translation",
+                  "negative_patch_area"):
             d[k] = list(d[k])
         return d
 
@@ -195,8 +214,14 @@ class ALTEncoder(nn.Module):
     # training ----------------------------------------------------------------------------------
 
     def forward(self, batch: dict) -> torch.Tensor:
-        """NT-Xent loss of a batch of prepared frames {"images": {key: (B, 3, h, w)}, "lowdim": (B, D)}."""
-        views = [augment(batch["images"], batch.get("lowdim"), self.config) for _ in range(2)]
+        """NT-Xent loss of a batch of prepared frames {"images": {key: (B, 3, h, w)}, "lowdim": (B, D)}
+        (with shifted negatives: of the batch plus its shifted copies, each copy an instance)."""
+        images, lowdim = batch["images"], batch.get("lowdim")
+        if self.config.shifted_negatives:
+            shifted = shift_frames(images, self.config)
+            images = {k: torch.cat([images[k].float(), shifted[k]]) for k in images}
+            lowdim = None if lowdim is None else torch.cat([lowdim, lowdim])
+        views = [augment(images, lowdim, self.config) for _ in range(2)]
         z1, z2 = (self.embed_prepared(*v) for v in views)
         return nt_xent(z1, z2, self.config.temperature)
 
@@ -275,18 +300,70 @@ def colour_jitter(x: torch.Tensor, brightness: float, contrast: float, saturatio
     x = (x - mean) * factor(contrast) + mean
     gray = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
     x = (x - gray) * factor(saturation) + gray
-    if hue > 0:  # rotation about the grey axis of RGB space
-        angle = torch.empty(b, device=x.device).uniform_(-hue, hue) * 2 * math.pi
-        cos, sin = torch.cos(angle), torch.sin(angle)
-        k = 1.0 / 3.0
-        s3 = math.sqrt(k)
-        m = torch.stack([
-            cos + (1 - cos) * k, k * (1 - cos) - s3 * sin, k * (1 - cos) + s3 * sin,
-            k * (1 - cos) + s3 * sin, cos + k * (1 - cos), k * (1 - cos) - s3 * sin,
-            k * (1 - cos) - s3 * sin, k * (1 - cos) + s3 * sin, cos + k * (1 - cos),
-        ], dim=1).reshape(b, 3, 3).to(x.dtype)
-        x = torch.einsum("bij,bjhw->bihw", m, x)
+    if hue > 0:
+        x = rotate_hue(x, torch.empty(b, device=x.device).uniform_(-hue, hue))
     return x.clamp(0.0, 1.0)
+
+
+def rotate_hue(x: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
+    """Rotate each (3, h, w) image's colours about the grey axis of RGB space by turns[i] of a full turn."""
+    angle = turns * 2 * math.pi
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    k = 1.0 / 3.0
+    s3 = math.sqrt(k)
+    m = torch.stack([
+        cos + (1 - cos) * k, k * (1 - cos) - s3 * sin, k * (1 - cos) + s3 * sin,
+        k * (1 - cos) + s3 * sin, cos + k * (1 - cos), k * (1 - cos) - s3 * sin,
+        k * (1 - cos) - s3 * sin, k * (1 - cos) + s3 * sin, cos + k * (1 - cos),
+    ], dim=1).reshape(-1, 3, 3).to(x.dtype)
+    return torch.einsum("bij,bjhw->bihw", m, x)
+
+
+def translate(x: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
+    """Shift each image by (dx, dy) fractions of its width and height, repeating the edges."""
+    theta = torch.zeros(x.shape[0], 2, 3, device=x.device, dtype=x.dtype)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1.0
+    theta[:, 0, 2], theta[:, 1, 2] = -2.0 * dx, -2.0 * dy  # the grid samples where the content came from
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def patch_mask(b: int, height: int, width: int, area: tuple[float, float], device) -> torch.Tensor:
+    """(b, 1, h, w) boolean masks of one random square-ish patch per sample, of the given area fraction."""
+    side = torch.sqrt(torch.empty(b, device=device).uniform_(*area))  # fraction of each side
+    cx = side / 2 + torch.rand(b, device=device) * (1 - side)
+    cy = side / 2 + torch.rand(b, device=device) * (1 - side)
+    ys = (torch.arange(height, device=device) + 0.5) / height
+    xs = (torch.arange(width, device=device) + 0.5) / width
+    inside_y = (ys[None, :] - cy[:, None]).abs() <= side[:, None] / 2
+    inside_x = (xs[None, :] - cx[:, None]).abs() <= side[:, None] / 2
+    return (inside_y[:, :, None] & inside_x[:, None, :])[:, None]
+
+
+def shift_frames(images: dict[str, torch.Tensor], config: ALTConfig) -> dict[str, torch.Tensor]:
+    """Shifted copies of prepared frames, a third each: a large hue turn of the whole image, of
+    one small patch, or a large camera translation (random direction); the same kind of shift
+    for every camera of a frame."""
+    first = next(iter(images.values()))
+    b, device = first.shape[0], first.device
+
+    def magnitude(bounds) -> torch.Tensor:
+        sign = torch.where(torch.rand(b, device=device) < 0.5, -1.0, 1.0)
+        return sign * torch.empty(b, device=device).uniform_(*bounds)
+
+    turns = magnitude(config.negative_hue)
+    angle = torch.rand(b, device=device) * 2 * math.pi
+    distance = magnitude(config.negative_translation).abs()
+    dx, dy = distance * torch.cos(angle), distance * torch.sin(angle)
+    kind = torch.randint(0, 3, (b,), device=device).view(-1, 1, 1, 1)  # 0 image hue, 1 patch hue, 2 move
+    out = {}
+    for key, x in images.items():
+        x = x.float()
+        turned = rotate_hue(x, turns).clamp(0.0, 1.0)
+        patch = patch_mask(b, x.shape[2], x.shape[3], config.negative_patch_area, device)
+        recoloured = torch.where((kind == 0) | ((kind == 1) & patch), turned, x)
+        out[key] = torch.where(kind == 2, translate(x, dx, dy), recoloured)
+    return out
 
 
 def augment(images: dict[str, torch.Tensor], lowdim: torch.Tensor | None, config: ALTConfig):
