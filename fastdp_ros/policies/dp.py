@@ -491,7 +491,7 @@ def train_diffusion_policy(dataset: str, out: str, config: DiffusionPolicyConfig
                            resume: bool = False, half: bool = False, init_from: str | None = None):
     """Train a Diffusion Policy on a zarr dataset and write the model directory `out`.
     `init_from`: a Diffusion Policy directory whose parameters the training starts from
-    (ignored when resuming: the checkpoint has the weights)."""
+    (recorded in the provenance; when resuming, the checkpoint's weights replace them)."""
     from fastdp_ros.data import ReplayBuffer, WindowDataset, dataset_fingerprint, split_episodes
     from fastdp_ros.errors import DatasetError
     from fastdp_ros.policies.modeldir import save_model_dir
