@@ -112,7 +112,10 @@ class RACTDDistillation(ConsistencyDistillation):
         clean = self.student.denoise(x_t, t, torch.zeros_like(t), cond)  # G(x_t, t, 0)
         with torch.no_grad():
             features = self.teacher.encode(batch["obs"])
-        reward = self.reward_model(features, clean[:, self.first]).mean()
+        # the reward of the action the policy can command: the act graph clips chunks to the
+        # normalized range, and a reward model extrapolates beyond it, where the student would
+        # otherwise chase rewards no robot command can reach (its outputs grew to +-13)
+        reward = self.reward_model(features, clean[:, self.first].clamp(-1.0, 1.0)).mean()
         return parts["ctm"] + self.config.dsm_weight * parts["dsm"] - self.config.reward_weight * reward
 
 
