@@ -42,8 +42,13 @@ def _static_size(x: torch.Tensor, dim: int) -> int:
 
 
 def timestep_tensor(x: torch.Tensor, value: float) -> torch.Tensor:
-    """A (B,) tensor filled with `value`, B taken from x (traces with a dynamic batch)."""
-    return x.new_full((x.shape[0],), float(value))
+    """A (1,) tensor holding `value`, shared by the whole batch of x.
+
+    It does not depend on x's shape, so in a traced fixed-step loop it is a constant and an
+    exporter folds everything computed from the step alone (the U-Net's step embedding and
+    its FiLM shares) into constants.
+    """
+    return torch.full((1,), float(value), dtype=x.dtype, device=x.device)
 
 
 class _DiscreteSampler(nn.Module):

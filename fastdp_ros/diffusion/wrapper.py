@@ -47,6 +47,11 @@ class FixedStepSampler(nn.Module):
         x_init: torch.Tensor | None = None,
         step_noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        # the condition is the same at every step: a network that can precompute its share
+        # (ConditionalUnet1D.prepare_condition) does it once here, not once per step
+        prepare = getattr(self.model, "prepare_condition", None)
+        if cond is not None and prepare is not None:
+            cond = prepare(cond)
         if self.start_index == 0:
             return self.sampler.sample(self.model, noise, cond, step_noise)
         if x_init is None:

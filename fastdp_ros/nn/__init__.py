@@ -12,7 +12,7 @@ This package imports nothing from fastdp_ros but `errors`.
 from fastdp_ros.nn.ema import EMAModel
 from fastdp_ros.nn.hypernet import HyperNetwork, functional_mlp, mlp_param_count
 from fastdp_ros.nn.mlp import MLP, make_activation
-from fastdp_ros.nn.unet1d import ConditionalResidualBlock1D, ConditionalUnet1D, SinusoidalPosEmb
+from fastdp_ros.nn.unet1d import ConditionalResidualBlock1D, ConditionalUnet1D, PreparedCondition, SinusoidalPosEmb
 from fastdp_ros.nn.vision import (
     AvgPool,
     MultiImageObsEncoder,
@@ -27,6 +27,7 @@ from fastdp_ros.nn.vision import (
 __all__ = [
     "ConditionalUnet1D",
     "ConditionalResidualBlock1D",
+    "PreparedCondition",
     "SinusoidalPosEmb",
     "MultiImageObsEncoder",
     "ResNet18GN",

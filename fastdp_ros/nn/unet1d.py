@@ -7,7 +7,14 @@ and bias predicted from [timestep embedding, global condition]; levels are joine
 strided-conv downsampling, transposed-conv upsampling and skip connections.
 
 The timestep is a float tensor, so the same network serves DDPM/DDIM (integer step index
-given as float) and EDM/consistency models (the continuous noise label c_noise). forward()
+given as float) and EDM/consistency models (the continuous noise label c_noise).
+
+The FiLM of a block reads Mish([timestep embedding, global condition]) through one Linear, so
+it splits exactly into a timestep share and an observation share. A sampler calls the network
+many times with the same observation: `prepare_condition(global_cond)` computes the observation
+share of every block once, and forward() accepts the result in place of global_cond (in an
+exported fixed-step loop the timestep shares are constants, so each step's FiLM is two adds).
+forward()
 keeps no Python-side state and has no data-dependent control flow, so it traces and exports
 to ONNX as one graph (see test/test_nn_unet.py).
 """
@@ -15,15 +22,16 @@ to ONNX as one graph (see test/test_nn_unet.py).
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from fastdp_ros.errors import ConfigError
 from fastdp_ros.nn._util import is_tracing
 
-__all__ = ["SinusoidalPosEmb", "ConditionalResidualBlock1D", "ConditionalUnet1D"]
+__all__ = ["SinusoidalPosEmb", "ConditionalResidualBlock1D", "ConditionalUnet1D", "PreparedCondition"]
 
 
 class SinusoidalPosEmb(nn.Module):
@@ -61,11 +69,19 @@ class Conv1dBlock(nn.Sequential):
         )
 
 
+class PreparedCondition(NamedTuple):
+    """The observation's share of every residual block's FiLM (ConditionalUnet1D.prepare_condition)."""
+
+    global_cond: torch.Tensor  # (B, C), kept for shape checks
+    films: tuple[torch.Tensor, ...]  # per block in forward order: (B, film_dim)
+
+
 class ConditionalResidualBlock1D(nn.Module):
     """Two Conv1dBlocks with FiLM modulation of the first one's output by `cond`.
 
     With cond_predict_scale the condition predicts a per-channel (scale, bias) pair and the
-    features become scale * h + bias; otherwise only a bias is added.
+    features become scale * h + bias; otherwise only a bias is added. forward(x, cond) computes
+    the FiLM from cond; forward(x, film=...) takes it precomputed (ConditionalUnet1D does).
     """
 
     def __init__(
@@ -86,9 +102,16 @@ class ConditionalResidualBlock1D(nn.Module):
         self.cond_encoder = nn.Sequential(nn.Mish(), nn.Linear(cond_dim, film_dim))
         self.residual = nn.Conv1d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def film_share(self, features: torch.Tensor, start: int, bias: bool) -> torch.Tensor:
+        """The FiLM's share from the Mish'ed cond columns start:start+F of the Linear."""
+        linear = self.cond_encoder[1]
+        weight = linear.weight[:, start : start + features.shape[-1]]
+        return F.linear(features, weight, linear.bias if bias else None)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None,
+                film: torch.Tensor | None = None) -> torch.Tensor:
         h = self.block1(x)
-        film = self.cond_encoder(cond).unsqueeze(-1)  # (B, film_dim, 1)
+        film = (self.cond_encoder(cond) if film is None else film).unsqueeze(-1)  # (B, film_dim, 1)
         if self.cond_predict_scale:
             scale, bias = film[:, : self.out_ch], film[:, self.out_ch :]
             h = scale * h + bias
@@ -154,6 +177,7 @@ class ConditionalUnet1D(nn.Module):
             nn.Mish(),
             nn.Linear(dsed * 4, dsed),
         )
+        self.diffusion_step_embed_dim = dsed
         cond_dim = dsed + self.global_cond_dim
 
         def res(i: int, o: int) -> ConditionalResidualBlock1D:
@@ -227,34 +251,58 @@ class ConditionalUnet1D(nn.Module):
                     f"({sample.shape[0]}, {self.global_cond_dim}), got {got}"
                 )
 
+    def residual_blocks(self) -> list[ConditionalResidualBlock1D]:
+        """Every residual block, in the order forward() runs them."""
+        blocks = [b for level in self.down_modules for b in level[:2]]
+        blocks += list(self.mid_modules)
+        return blocks + [b for level in self.up_modules for b in level[:2]]
+
+    def prepare_condition(self, global_cond: torch.Tensor) -> PreparedCondition:
+        """The observation's share of every block's FiLM: compute once, denoise many times."""
+        if isinstance(global_cond, PreparedCondition):
+            return global_cond
+        if not self.global_cond_dim:
+            raise ConfigError("prepare_condition needs a conditional network (global_cond_dim > 0)")
+        features = F.mish(global_cond)
+        start = self.diffusion_step_embed_dim
+        films = tuple(b.film_share(features, start, bias=False) for b in self.residual_blocks())
+        return PreparedCondition(global_cond, films)
+
     def forward(
         self,
         sample: torch.Tensor,
         timestep: torch.Tensor | float | int,
-        global_cond: torch.Tensor | None = None,
+        global_cond: torch.Tensor | PreparedCondition | None = None,
     ) -> torch.Tensor:
+        prepared = global_cond if isinstance(global_cond, PreparedCondition) else None
         if not is_tracing():
-            self._check(sample, timestep, global_cond)
+            self._check(sample, timestep, global_cond if prepared is None else prepared.global_cond)
         if not torch.is_tensor(timestep):
             timestep = torch.tensor([float(timestep)], device=sample.device)
-        # a single timestep is shared by the whole batch
-        timestep = timestep.reshape(-1).expand(sample.shape[0])
+        # (1,) or (B,): a single timestep's embedding and FiLM share broadcast over the batch
+        timestep = timestep.reshape(-1)
 
-        cond = self.diffusion_step_encoder(timestep)
+        # FiLM of block i = W_i [Mish(step embedding), Mish(global_cond)] + b_i, as two shares
+        step = F.mish(self.diffusion_step_encoder(timestep))
+        films = [b.film_share(step, 0, bias=True) for b in self.residual_blocks()]
         if self.global_cond_dim:
-            cond = torch.cat([cond, global_cond.to(cond.dtype)], dim=-1)
+            prepared = prepared or self.prepare_condition(global_cond.to(step.dtype))
+            films = [f + g for f, g in zip(films, prepared.films)]
+        films = iter(films)
 
         x = sample.transpose(1, 2)  # (B, Da, T)
         skips = []
         for block1, block2, down in self.down_modules:
-            x = block2(block1(x, cond), cond)
+            x = block1(x, film=next(films))
+            x = block2(x, film=next(films))
             skips.append(x)
             x = down(x)
         for block in self.mid_modules:
-            x = block(x, cond)
+            x = block(x, film=next(films))
         for block1, block2, up in self.up_modules:
             x = torch.cat([x, skips.pop()], dim=1)
-            x = block2(block1(x, cond), cond)
+            x = block1(x, film=next(films))
+            x = block2(x, film=next(films))
             x = up(x)
         x = self.final_conv(x)
         return x.transpose(1, 2)
