@@ -35,6 +35,7 @@ def test_bench_writes_json_markdown_and_plot(model, tmp_path):
     report = json.loads((out / "bench.json").read_text())
     rows = {r["backend"]: r for r in report["rows"]}
     assert set(rows) == {"torch", "onnxruntime"} and report["baseline"] == "tiny_dp/torch"
+    assert report["rows_isolated"] is True  # each row in a fresh process, as the CLI does by default
     assert rows["torch"]["speedup"] == 1.0
     for r in rows.values():
         assert r["error"] is None and r["nfe"] == 4 and r["parameters"] > 0
@@ -54,7 +55,7 @@ def test_bench_records_unavailable_backends_and_eval_results(model, tmp_path):
     report_file.write_text(json.dumps({"success_rate": 0.75, "nfe": 4, "extra": {"model": str(model)}}))
     out = tmp_path / "bench"
     assert main(["bench", str(model), "--backend", "torch,tensorrt", "--calls", "5", "--warmup", "1",
-                 "--threads", "1", "--out", str(out), "--eval", str(report_file)]) == 0
+                 "--threads", "1", "--in-process", "--out", str(out), "--eval", str(report_file)]) == 0
     rows = {r["backend"]: r for r in json.loads((out / "bench.json").read_text())["rows"]}
     assert rows["torch"]["success_rate"] == 0.75
     assert rows["tensorrt"]["error"] and rows["tensorrt"]["latency_ms"] == {}
@@ -68,8 +69,12 @@ def test_one_model_benched_with_two_samplers_gets_the_matching_eval_result(model
         reports[-1].write_text(json.dumps({"success_rate": rate, "nfe": nfe, "extra": {"model": str(model)}}))
     out = tmp_path / "bench"
     assert main(["bench", str(model), f"{model}#sampler=ddim,steps=2", "--backend", "torch", "--calls", "5",
-                 "--warmup", "1", "--threads", "1", "--out", str(out), "--eval", *map(str, reports)]) == 0
-    rows = json.loads((out / "bench.json").read_text())["rows"]
+                 "--warmup", "1", "--threads", "1", "--in-process", "--out", str(out),
+                 "--eval", *map(str, reports)]) == 0
+    report = json.loads((out / "bench.json").read_text())
+    assert report["rows_isolated"] is False and report["command"].endswith(" --in-process --eval " + " ".join(
+        map(str, reports)))
+    rows = report["rows"]
     assert [(r["name"], r["nfe"], r["success_rate"]) for r in rows] == [
         ("tiny_dp", 4, 0.5), ("tiny_dp (sampler=ddim, steps=2)", 2, 0.25)]
 

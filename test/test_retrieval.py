@@ -62,6 +62,19 @@ def test_inner_product_matches_brute_force():
     np.testing.assert_array_equal(index.search(q, 1).ids[:, 0], np.argmax(q @ x.T, axis=1))
 
 
+def test_a_few_queries_search_on_one_thread_and_give_the_batch_answer():
+    faiss = pytest.importorskip("faiss")
+    x, index = random_index(metric="cosine")
+    q = np.random.default_rng(2).normal(size=(20, 8)).astype(np.float32)
+    batch = index.search(q, 3)  # more than FEW_QUERIES: faiss's own threading
+    threads = faiss.omp_get_max_threads()
+    for i in range(len(q)):
+        one = index.search(q[i], 3)
+        np.testing.assert_array_equal(one.ids[0], batch.ids[i])
+        np.testing.assert_allclose(one.scores[0], batch.scores[i], atol=1e-6)
+    assert faiss.omp_get_max_threads() == threads  # restored after every single-threaded search
+
+
 @pytest.mark.parametrize("config", [dict(kind="ivf", nlist=4, nprobe=4), dict(kind="hnsw", ef_search=128),
                                     dict(encoding="float16"), dict(kind="ivf", nlist=3, nprobe=3, encoding="float16")])
 def test_approximate_and_half_precision_kinds_find_the_training_row(config):

@@ -36,6 +36,9 @@ def add_parser(sub) -> None:
     p.add_argument("--out", required=True, help="folder for bench.json, bench.md, bench.png")
     p.add_argument("--eval", nargs="*", default=[], help="`fastdp eval --out` reports to take success rates from")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--in-process", action="store_true",
+                   help="run every row in this process instead of a fresh one per row (faster start; an "
+                        "engine export in the process slows the eager rows after it)")
     add_engine_options(p)
     p.set_defaults(run=run)
 
@@ -62,6 +65,8 @@ def command_line(args) -> str:
         value = getattr(args, flag)
         if value is not None and not (flag == "device" and value == "cpu") and not (flag == "seed" and value == 0):
             argv += [f"--{flag}", str(value)]
+    if args.in_process:
+        argv += ["--in-process"]
     if args.eval:
         argv += ["--eval", *args.eval]
     return shlex.join(argv)
@@ -90,7 +95,8 @@ def run(args) -> int:
         options = {**engine_options(args, ""), "threads": threads}
         per_backend = {"onnxruntime": {"provider": args.provider}} if args.provider else None
         report = run_bench(args.models, args.backend, calls=args.calls, warmup=args.warmup, seed=args.seed,
-                           eval_reports=eval_rates, backend_options=per_backend, **options)
+                           eval_reports=eval_rates, backend_options=per_backend,
+                           isolate=not args.in_process, **options)
     finally:
         torch.set_num_threads(previous)
     report["command"] = command_line(args)

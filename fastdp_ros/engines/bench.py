@@ -6,12 +6,17 @@ preprocessing included: observation in, action chunk out). Resident memory is th
 peak during that row: the kernel's high-water mark is reset before each row where Linux allows
 it (/proc/self/clear_refs), so a row's peak includes the interpreter and libraries already
 loaded but not earlier rows' models, which are released first.
+
+`fastdp bench` runs every row in a fresh process (isolate=True): an engine export earlier in the
+same process (tracing the 100-step DDPM loop holds on to much memory) was measured to slow the
+eager torch rows after it by up to 1.8x, which inflated every later speedup.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
+import multiprocessing
 import os
 import platform
 import resource
@@ -180,6 +185,28 @@ def bench_one(model_dir: str | os.PathLike, backend: str, calls: int = 200, warm
     return row
 
 
+def _bench_one_isolated(model_dir: str, backend: str, log_level: int, threads: int | None, kwargs: dict) -> BenchRow:
+    """bench_one in a fresh (spawned) process, with the parent's torch threads and log level."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                            datefmt="%H:%M:%S")
+    if threads:
+        torch.set_num_threads(threads)
+    return bench_one(model_dir, backend, **kwargs)
+
+
+def bench_row(model_dir: str, backend: str, isolate: bool, **kwargs) -> BenchRow:
+    """One row, in this process or (isolate) in a fresh one that exits when the row is done."""
+    if not isolate:
+        return bench_one(model_dir, backend, **kwargs)
+    from concurrent.futures import ProcessPoolExecutor
+
+    level = logging.getLogger().getEffectiveLevel()
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(_bench_one_isolated, str(model_dir), backend, level, torch.get_num_threads(),
+                           kwargs).result()
+
+
 def parse_model_entry(entry: str) -> tuple[str, dict]:
     """'path#sampler=ddim,steps=10' -> ('path', {'sampler': 'ddim', 'steps': 10}): one model
     directory benched with its own load options (a teacher with DDPM-100 and with DDIM-10)."""
@@ -196,8 +223,10 @@ def parse_model_entry(entry: str) -> tuple[str, dict]:
 
 def run_bench(models: list[str], backends: list[str], calls: int = 200, warmup: int = 20, seed: int = 0,
               eval_reports: dict[str, float] | None = None, backend_options: dict[str, dict] | None = None,
-              **load_options) -> dict:
+              isolate: bool = False, **load_options) -> dict:
     """Every model x backend; speedups against the first model's torch row (the teacher).
+
+    isolate runs each row in a fresh process (see the module docstring); the CLI does.
 
     eval_reports maps a model directory (resolved path) to its success rate; backend_options
     maps a backend name to its backend-specific options (onnxruntime: provider).
@@ -211,7 +240,7 @@ def run_bench(models: list[str], backends: list[str], calls: int = 200, warmup: 
             options = {**load_options, **model_options}
             if backend_options and backend in backend_options:
                 options["backend_options"] = backend_options[backend]
-            row = bench_one(model, backend, calls=calls, warmup=warmup, seed=seed, **options)
+            row = bench_row(model, backend, isolate, calls=calls, warmup=warmup, seed=seed, **options)
             if model_options:
                 row.name += " (" + ", ".join(f"{k}={v}" for k, v in model_options.items()) + ")"
             rows.append(row)
@@ -228,6 +257,7 @@ def run_bench(models: list[str], backends: list[str], calls: int = 200, warmup: 
         "calls": calls,
         "warmup": warmup,
         "options": {k: v for k, v in load_options.items() if isinstance(v, (str, int, float, bool, type(None)))},
+        "rows_isolated": isolate,
         "baseline": None if baseline is None else f"{baseline.name}/{baseline.backend}",
         "target_hz": TARGET_HZ,
         "rows": [r.to_dict() for r in rows],

@@ -73,7 +73,7 @@ class PreparedCondition(NamedTuple):
     """The observation's share of every residual block's FiLM (ConditionalUnet1D.prepare_condition)."""
 
     global_cond: torch.Tensor  # (B, C), kept for shape checks
-    films: tuple[torch.Tensor, ...]  # per block in forward order: (B, film_dim)
+    films: tuple[tuple[torch.Tensor, ...], ...]  # per block in forward order: (scale, bias) or (bias,)
 
 
 class ConditionalResidualBlock1D(nn.Module):
@@ -81,7 +81,8 @@ class ConditionalResidualBlock1D(nn.Module):
 
     With cond_predict_scale the condition predicts a per-channel (scale, bias) pair and the
     features become scale * h + bias; otherwise only a bias is added. forward(x, cond) computes
-    the FiLM from cond; forward(x, film=...) takes it precomputed (ConditionalUnet1D does).
+    the FiLM from cond; forward(x, film=...) takes it precomputed and split (ConditionalUnet1D
+    does: in an exported loop the step's share is then a constant added, with no slicing).
     """
 
     def __init__(
@@ -102,21 +103,29 @@ class ConditionalResidualBlock1D(nn.Module):
         self.cond_encoder = nn.Sequential(nn.Mish(), nn.Linear(cond_dim, film_dim))
         self.residual = nn.Conv1d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
-    def film_share(self, features: torch.Tensor, start: int, bias: bool) -> torch.Tensor:
-        """The FiLM's share from the Mish'ed cond columns start:start+F of the Linear."""
+    def split_film(self, film: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(B, film_dim) -> (scale, bias) or (bias,), each (B, out_ch, 1)."""
+        film = film.unsqueeze(-1)
+        if self.cond_predict_scale:
+            return film[:, : self.out_ch], film[:, self.out_ch :]
+        return (film,)
+
+    def film_share(self, features: torch.Tensor, start: int, bias: bool) -> tuple[torch.Tensor, ...]:
+        """The FiLM's share from Mish'ed cond columns start:start+F of the Linear, split."""
         linear = self.cond_encoder[1]
         weight = linear.weight[:, start : start + features.shape[-1]]
-        return F.linear(features, weight, linear.bias if bias else None)
+        return self.split_film(F.linear(features, weight, linear.bias if bias else None))
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None,
-                film: torch.Tensor | None = None) -> torch.Tensor:
+                film: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
         h = self.block1(x)
-        film = (self.cond_encoder(cond) if film is None else film).unsqueeze(-1)  # (B, film_dim, 1)
+        if film is None:
+            film = self.split_film(self.cond_encoder(cond))
         if self.cond_predict_scale:
-            scale, bias = film[:, : self.out_ch], film[:, self.out_ch :]
+            scale, bias = film
             h = scale * h + bias
         else:
-            h = h + film
+            h = h + film[0]
         h = self.block2(h)
         return h + self.residual(x)
 
@@ -282,12 +291,17 @@ class ConditionalUnet1D(nn.Module):
         # (1,) or (B,): a single timestep's embedding and FiLM share broadcast over the batch
         timestep = timestep.reshape(-1)
 
-        # FiLM of block i = W_i [Mish(step embedding), Mish(global_cond)] + b_i, as two shares
-        step = F.mish(self.diffusion_step_encoder(timestep))
-        films = [b.film_share(step, 0, bias=True) for b in self.residual_blocks()]
-        if self.global_cond_dim:
-            prepared = prepared or self.prepare_condition(global_cond.to(step.dtype))
-            films = [f + g for f, g in zip(films, prepared.films)]
+        # FiLM of block i = W_i Mish([step embedding, global_cond]) + b_i: in one product for a
+        # single call, as a step share plus the prepared observation share in a sampling loop
+        step = self.diffusion_step_encoder(timestep)
+        if self.global_cond_dim and prepared is None:
+            cond = torch.cat([step.expand(sample.shape[0], -1), global_cond.to(step.dtype)], dim=-1)
+            films = [b.split_film(b.cond_encoder(cond)) for b in self.residual_blocks()]
+        else:
+            step = F.mish(step)
+            films = [b.film_share(step, 0, bias=True) for b in self.residual_blocks()]
+            if prepared is not None:
+                films = [tuple(a + b for a, b in zip(f, g)) for f, g in zip(films, prepared.films)]
         films = iter(films)
 
         x = sample.transpose(1, 2)  # (B, Da, T)
