@@ -48,12 +48,29 @@ def test_collect_is_deterministic_from_seed(tiny_store, tmp_path):
         np.testing.assert_array_equal(value, first[key], err_msg=key)
 
 
+def test_collect_with_action_noise_records_the_executed_noisy_actions(tiny_store, tmp_path):
+    noisy = tmp_path / "noisy"
+    assert main(["collect", "--task", "push", "--episodes", "1", "--out", str(noisy), "--image-size", "32",
+                 "--action-noise", "0.02", "--keep-failed"]) == 0
+    clean, mixed = ReplayBuffer.open(tiny_store).get_episode(0), ReplayBuffer.open(noisy).get_episode(0)
+    assert ReplayBuffer.open(noisy).attrs["action_noise"] == 0.02
+    n = min(len(clean["action"]), len(mixed["action"]))
+    arm = np.abs(mixed["action"][:n, :7] - clean["action"][:n, :7])
+    assert arm.max() > 0.01  # the arm actions differ from the expert's ...
+    np.testing.assert_array_equal(mixed["action"][0, 7], clean["action"][0, 7])  # ... the gripper's do not
+    # the recorded actions are the executed ones: replaying them reproduces the episode
+    report = tmp_path / "replay.json"
+    assert main(["replay", str(noisy), "--out", str(report)]) == 0
+    assert max(e["max_joint_deviation"] for e in json.loads(report.read_text())["episodes"]) < 1e-5
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
         (["collect", "--task", "fly", "--episodes", "1", "--out", "{tmp}/x"], "unknown task 'fly'"),
         (["collect", "--task", "push", "--episodes", "1", "--out", "{tmp}/file/x"], "{tmp}/file/x"),
         (["collect", "--task", "push", "--episodes", "0", "--out", "{tmp}/x"], "--episodes must be >= 1"),
+        (["collect", "--task", "push", "--action-noise", "-1", "--out", "{tmp}/x"], "--action-noise must be"),
         (["replay", "{tmp}/missing"], "missing"),
         (["train", "--policy", "nope", "--dataset", "{tmp}/x", "--out", "{tmp}/m"], "--policy 'nope'"),
         (["eval", "{tmp}/missing"], "does not exist"),

@@ -2,6 +2,7 @@
 bad input rejected before training."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -110,6 +111,24 @@ def test_ractd_fits_a_reward_model_and_records_it(edm_teacher, tmp_path):
     distill_ractd(str(model_dir), str(dataset), str(out), ConsistencyConfig(), settings(3), reward_steps=20)
     prov = json.loads((out / "config.json").read_text())["provenance"]
     assert prov["reward_fit_steps"] == 20 and np.isfinite(prov["reward_fit_loss"])
+    assert "reward_dataset" not in prov
+
+
+def test_ractd_fits_its_reward_model_on_another_dataset(edm_teacher, tmp_path):
+    model_dir, dataset = edm_teacher
+    other = make_dataset(tmp_path / "mixed")
+    out = tmp_path / "ractd"
+    distill_ractd(str(model_dir), str(dataset), str(out), ConsistencyConfig(), settings(2), reward_steps=5,
+                  reward_dataset=str(other))
+    prov = json.loads((out / "config.json").read_text())["provenance"]
+    assert prov["reward_dataset"] == str(other.resolve()) and prov["dataset"] == str(Path(dataset).resolve())
+    # a reward dataset without rewards, or with other observations, fails before any training
+    for bad, match in ((make_dataset(tmp_path / "no_reward", rewards=False), "reward"),
+                       (make_dataset(tmp_path / "lowdim", images=False), "img_front")):
+        with pytest.raises(DatasetError, match=match):
+            distill_ractd(str(model_dir), str(dataset), str(tmp_path / "x"), ConsistencyConfig(), settings(1),
+                          reward_dataset=str(bad))
+    assert not (tmp_path / "x").exists()
 
 
 def test_bad_input_fails_before_training(edm_teacher, tmp_path):

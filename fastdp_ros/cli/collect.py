@@ -38,6 +38,10 @@ def add_parser(sub) -> None:
     p.add_argument("--no-images", action="store_true", help="record low-dimensional state only")
     p.add_argument("--keep-failed", action="store_true",
                    help="keep episodes the expert failed (marked in meta/episode_success)")
+    p.add_argument("--action-noise", type=float, default=0.0,
+                   help="std of Gaussian noise added to every arm action the expert commands (the noisy "
+                        "action is executed and recorded): mixed-quality data, with several actions seen "
+                        "in similar states, for a reward model such as RACTD's; the gripper is left alone")
     p.add_argument("--overwrite", action="store_true", help="replace an existing store at --out")
     p.set_defaults(run=run_collect)
 
@@ -49,16 +53,24 @@ def add_parser(sub) -> None:
     r.set_defaults(run=run_replay)
 
 
-def record_episode(env, seed: int) -> tuple[dict[str, np.ndarray], bool, float]:
-    """Roll the task's scripted expert out from `seed`; returns per-step arrays, success, return."""
+def record_episode(env, seed: int, action_noise: float = 0.0) -> tuple[dict[str, np.ndarray], bool, float]:
+    """Roll the task's scripted expert out from `seed`; returns per-step arrays, success, return.
+
+    action_noise > 0 adds N(0, action_noise^2) to every arm dimension of the expert's action
+    (not the gripper's, the last one); the noisy action is the one executed and recorded.
+    """
     from fastdp_ros.sim import make_expert, object_state
 
     obs, info = env.reset(seed=seed)
     expert = make_expert(env.task_name, env, np.random.default_rng(seed))
+    noise_rng = np.random.default_rng([seed, 2])
     steps: dict[str, list] = {}
     ret, success = 0.0, False
     for _ in range(env.max_steps):
         action, action_cartesian = expert.act(env)
+        if action_noise > 0:
+            action = np.asarray(action, np.float64).copy()
+            action[:-1] += noise_rng.normal(0.0, action_noise, size=action.shape[0] - 1)
         for k, v in obs.items():
             steps.setdefault(k, []).append(v)
         steps.setdefault("object_state", []).append(object_state(info))
@@ -83,9 +95,12 @@ def run_collect(args) -> int:
         raise ConfigError(f"--episodes must be >= 1, got {args.episodes}")
     if args.rate <= 0:
         raise ConfigError(f"--rate must be > 0, got {args.rate}")
+    if not np.isfinite(args.action_noise) or args.action_noise < 0:
+        raise ConfigError(f"--action-noise must be a finite std >= 0, got {args.action_noise}")
     env = make_env(args.task, image_size=args.image_size, cameras=args.cameras,
                    control_dt=1.0 / args.rate, render=not args.no_images)
-    attrs = {**env.metadata(), "expert": f"scripted_{args.task}", "seed0": args.seed}
+    attrs = {**env.metadata(), "expert": f"scripted_{args.task}", "seed0": args.seed,
+             "action_noise": float(args.action_noise)}
     buffer = ReplayBuffer.create(args.out, attrs=attrs, overwrite=args.overwrite)
     n_kept = n_success = n_tried = 0
     t0 = time.perf_counter()
@@ -94,7 +109,7 @@ def run_collect(args) -> int:
     seed = args.seed
     # Failed expert episodes are dropped by default; give up if the expert keeps failing.
     while n_kept < args.episodes and n_tried < 3 * args.episodes + 10:
-        data, success, ret = record_episode(env, seed)
+        data, success, ret = record_episode(env, seed, args.action_noise)
         n_tried += 1
         n_success += success
         sim_time += len(data["action"]) * env.dt

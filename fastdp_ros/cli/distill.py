@@ -41,6 +41,9 @@ def add_parser(sub) -> None:
     c.add_argument("--inference-steps", type=int, default=1, help="chained steps stored as the default (1 or 3)")
     c.add_argument("--reward-weight", type=float, default=0.7, help="RACTD: weight of -R(first action)")
     c.add_argument("--reward-steps", type=int, default=1000, help="RACTD: reward model fitting steps")
+    c.add_argument("--reward-dataset", default=None,
+                   help="RACTD: fit the reward model on these demonstrations instead of --dataset (same "
+                        "observations; e.g. mixed-quality ones from `fastdp collect --action-noise`)")
     p.set_defaults(run=run)
 
 
@@ -71,7 +74,8 @@ def run(args) -> int:
             from fastdp_ros.policies.ractd import distill_ractd
 
             result = distill_ractd(args.teacher, args.dataset, args.out, config, settings,
-                                   reward_steps=args.reward_steps, resume=args.resume, half=args.half)
+                                   reward_steps=args.reward_steps, resume=args.resume, half=args.half,
+                                   reward_dataset=args.reward_dataset)
     log.info("distilled %d steps in %.0f s: loss %.4f -> %.4f; model in %s", result.steps, result.seconds,
              result.first_loss, result.final_loss, args.out)
     return 0

@@ -121,20 +121,31 @@ class RACTDDistillation(ConsistencyDistillation):
 
 def distill_ractd(teacher_path: str, dataset: str, out: str, config: ConsistencyConfig, settings,
                   reward_steps: int = 1000, resume: bool = False, half: bool = False,
-                  reward_model: nn.Module | None = None):
-    """Fit the reward model (unless given), then distil the reward-aware student into `out`."""
+                  reward_model: nn.Module | None = None, reward_dataset: str | None = None):
+    """Fit the reward model (unless given), then distil the reward-aware student into `out`.
+
+    reward_dataset fits the reward model on other demonstrations than the student's (the same
+    observation spec): mixed-quality ones, where several actions were taken in similar states,
+    teach it how the reward depends on the action, which one expert's demonstrations cannot.
+    """
     teacher = load_teacher(teacher_path, "edm", "RACTD")
     buffer, train_set, val_set = distillation_windows(dataset, teacher.spec, seed=settings.seed,
                                                       extra_keys=(REWARD_KEY,))
+    reward_set = train_set
+    if reward_dataset is not None:
+        buffer, reward_set, _ = distillation_windows(reward_dataset, teacher.spec, seed=settings.seed,
+                                                     extra_keys=(REWARD_KEY,))
     if REWARD_KEY not in buffer:
-        raise DatasetError(f"RACTD needs the dataset's rewards; {dataset} has no '{REWARD_KEY}' array "
-                           f"(record one with `fastdp collect`)")
+        raise DatasetError(f"RACTD needs the dataset's rewards; {reward_dataset or dataset} has no "
+                           f"'{REWARD_KEY}' array (record one with `fastdp collect`)")
     if config.reward_weight <= 0:
         log.warning("RACTD with reward_weight %.2f is plain consistency distillation", config.reward_weight)
     stats: dict = {"reward_model": "given"}
     if reward_model is None:
-        reward_model, stats = fit_reward_model(teacher, train_set, reward_steps, settings.batch_size,
+        reward_model, stats = fit_reward_model(teacher, reward_set, reward_steps, settings.batch_size,
                                                seed=settings.seed)
+        if reward_dataset is not None:
+            stats["reward_dataset"] = os.path.abspath(reward_dataset)
     module = RACTDDistillation(teacher, config, reward_model)
     return run_student_training(module, teacher, train_set, val_set, dataset, out, settings, resume, half,
                                 policy_type="ractd", extra_provenance=stats)
