@@ -57,7 +57,8 @@ def record_episode(env, seed: int, action_noise: float = 0.0) -> tuple[dict[str,
     """Roll the task's scripted expert out from `seed`; returns per-step arrays, success, return.
 
     action_noise > 0 adds N(0, action_noise^2) to every arm dimension of the expert's action
-    (not the gripper's, the last one); the noisy action is the one executed and recorded.
+    (not the gripper's, the last one); the noisy action is the one executed and recorded, while
+    action_cartesian keeps the expert's noise-free Cartesian command.
     """
     from fastdp_ros.sim import make_expert, object_state
 
