@@ -8,8 +8,8 @@ it (/proc/self/clear_refs), so a row's peak includes the interpreter and librari
 loaded but not earlier rows' models, which are released first.
 
 `fastdp bench` runs every row in a fresh process (isolate=True): an engine export earlier in the
-same process (tracing the 100-step DDPM loop holds on to much memory) was measured to slow the
-eager torch rows after it by up to 1.8x, which inflated every later speedup.
+same process was measured to slow the eager torch rows after it (1.3x after a DDIM-10 export,
+about 2x after the 100-step DDPM one), which inflated every later speedup.
 """
 
 from __future__ import annotations
