@@ -131,11 +131,11 @@ def distill_ractd(teacher_path: str, dataset: str, out: str, config: Consistency
     teacher = load_teacher(teacher_path, "edm", "RACTD")
     buffer, train_set, val_set = distillation_windows(dataset, teacher.spec, seed=settings.seed,
                                                       extra_keys=(REWARD_KEY,))
-    reward_set = train_set
+    reward_buffer, reward_set = buffer, train_set
     if reward_dataset is not None:
-        buffer, reward_set, _ = distillation_windows(reward_dataset, teacher.spec, seed=settings.seed,
-                                                     extra_keys=(REWARD_KEY,))
-    if REWARD_KEY not in buffer:
+        reward_buffer, reward_set, _ = distillation_windows(reward_dataset, teacher.spec, seed=settings.seed,
+                                                            extra_keys=(REWARD_KEY,))
+    if REWARD_KEY not in reward_buffer:
         raise DatasetError(f"RACTD needs the dataset's rewards; {reward_dataset or dataset} has no "
                            f"'{REWARD_KEY}' array (record one with `fastdp collect`)")
     if config.reward_weight <= 0:
@@ -154,7 +154,3 @@ def distill_ractd(teacher_path: str, dataset: str, out: str, config: Consistency
 @register_policy("ractd")
 class RACTDPolicy(ConsistencyPolicy):
     """A RACTD student: runs like a Consistency Policy (1 or a few chained evaluations)."""
-
-    @classmethod
-    def from_model_dir(cls, path: str | os.PathLike, **options):
-        return super().from_model_dir(path, **options)
