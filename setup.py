@@ -24,7 +24,7 @@ def share_files(folder):
 
 setup(
     name=PACKAGE,
-    version="0.2.0",
+    version="0.2.1",
     description="Fast diffusion policies for closed-loop control of a Franka arm (ROS 2 + MuJoCo)",
     license="Apache-2.0",
     python_requires=">=3.10",

@@ -1,3 +1,3 @@
 """fastdp_ros: fast diffusion policies for closed-loop control of a Franka arm."""
 
-__version__ = "0.2.0"
+__version__ = "0.2.1"

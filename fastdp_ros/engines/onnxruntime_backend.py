@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from fastdp_ros.engines.base import Backend, Runner, default_threads
+from fastdp_ros.engines.onnx_rewrite import REWRITES_VERSION, onnx_friendly
 from fastdp_ros.errors import ConfigError
 from fastdp_ros.policies.base import ExportGraph
 
@@ -67,14 +68,16 @@ def export_onnx(graph: ExportGraph, path: Path, opset: int = OPSET) -> None:
     """Write `graph` as one ONNX model with static batch-1 shapes, then check it.
 
     Uses the TorchScript-based exporter (dynamo=False): it unrolls the fixed-step sampling
-    loop into one graph and is what the samplers are tested against.
+    loop into one graph and is what the samplers are tested against. The module is exported
+    through onnx_friendly (onnx_rewrite.py): the same function in ops ONNX Runtime runs faster.
     """
     import onnx
 
+    module = onnx_friendly(graph.module)
     args = tuple(t.detach() for t in graph.example_inputs)
     with warnings.catch_warnings(record=True) as caught, _normalized_permute(opset), torch.no_grad():
         warnings.simplefilter("always")
-        torch.onnx.export(graph.module, args, str(path), dynamo=False, opset_version=opset,
+        torch.onnx.export(module, args, str(path), dynamo=False, opset_version=opset,
                           input_names=list(graph.input_names), output_names=[graph.output_name],
                           do_constant_folding=True)
     # a TracerWarning from our own code means the traced graph may not generalize: say so
@@ -144,7 +147,7 @@ class OnnxRuntimeBackend(Backend):
 
     def cache_tag(self) -> dict:
         # the ONNX file does not depend on the machine, but a TensorRT provider's engines do
-        tag = {**super().cache_tag(), "provider": self.provider}
+        tag = {**super().cache_tag(), "provider": self.provider, "rewrites": REWRITES_VERSION}
         if self.provider == "cpu":
             tag["device"] = "cpu"
         return tag
