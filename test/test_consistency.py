@@ -25,6 +25,17 @@ def edm_teacher(tmp_path_factory):
     return out, path / "ds"
 
 
+@pytest.fixture(scope="module")
+def vp_teacher(tmp_path_factory):
+    """A tiny DDPM model converted to EDM with VP preconditioning (`fastdp convert --to edm`)."""
+    from fastdp_ros.policies.dp import convert_to_edm
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("vp_teacher")
+    ddpm, _ = train_tiny(path, steps=100)
+    return convert_to_edm(ddpm, path / "edm", steps=4), path / "ds"
+
+
 def settings(steps):
     return TrainSettings(steps=steps, batch_size=16, warmup_steps=1, val_every=10**6, ckpt_every=10**6, seed=0)
 
@@ -34,8 +45,9 @@ def batch_of(sign, n=8):
     return obs
 
 
-def test_student_starts_as_the_teachers_denoiser(edm_teacher):
-    model_dir, _ = edm_teacher
+@pytest.mark.parametrize("kind", ["edm_teacher", "vp_teacher"])
+def test_student_starts_as_the_teachers_denoiser(kind, request):
+    model_dir, _ = request.getfixturevalue(kind)
     teacher = load_teacher(model_dir, "edm", "test")
     module = ConsistencyDistillation(teacher, ConsistencyConfig())
     obs = batch_of(1.0, 4)
@@ -67,11 +79,12 @@ def test_consistency_distils_end_to_end(edm_teacher, tmp_path, steps):
         load_policy(out, sampler="ddim")
 
 
-def test_onnxruntime_engine_matches_eager_for_three_steps(edm_teacher, tmp_path):
+@pytest.mark.parametrize("kind", ["edm_teacher", "vp_teacher"])
+def test_onnxruntime_engine_matches_eager_for_three_steps(kind, request, tmp_path):
     pytest.importorskip("onnxruntime")
     from fastdp_ros.engines import load_engine_policy
 
-    model_dir, dataset = edm_teacher
+    model_dir, dataset = request.getfixturevalue(kind)
     out = tmp_path / "cp"
     distill_consistency(str(model_dir), str(dataset), str(out), ConsistencyConfig(inference_steps=3), settings(2))
     eager = load_policy(out, seed=2)

@@ -102,3 +102,40 @@ def test_edm_training_sigmas():
     assert (s > 0).all()
     assert s.log().mean().item() == pytest.approx(-1.2, abs=0.05)
     assert s.log().std().item() == pytest.approx(1.2, abs=0.05)
+
+
+def test_vp_preconditioning_reads_ddpm_timesteps_and_samples():
+    from fastdp_ros.diffusion import VPPreconditioning
+
+    abar = alphas_cumprod(cosine_betas(100))
+    pre = VPPreconditioning(abar)
+    sigmas = torch.sqrt((1 - abar) / abar)
+    # t(sigma_k) = k, for floats and tensors, and the two paths agree in between
+    assert [round(pre.timestep(float(s)), 6) for s in sigmas[[0, 1, 50, 98, 99]]] == [0, 1, 50, 98, 99]
+    torch.testing.assert_close(pre.timestep(sigmas), torch.arange(100, dtype=torch.float64), atol=1e-9, rtol=0)
+    between = torch.tensor([0.03, 0.5, 3.0, 80.0], dtype=torch.float64)
+    assert pre.timestep(between).tolist() == pytest.approx([pre.timestep(float(s)) for s in between], abs=1e-9)
+    assert 98.0 < pre.timestep(80.0) < 98.1
+    # clamped to [0, T - 1] beyond the table
+    assert pre.timestep(1e-4) == 0.0 and pre.timestep(1e5) == 99.0
+    assert pre.timestep(torch.tensor([1e-4, 1e5])).tolist() == [0.0, 99.0]
+    # c_in (x0 + sigma eps) is the DDPM sample x_t; D = x - sigma F with F the noise
+    k = 37
+    c_skip, c_out, c_in, c_noise = pre(float(sigmas[k]))
+    x0, eps = torch.randn(5, dtype=torch.float64), torch.randn(5, dtype=torch.float64)
+    x = x0 + sigmas[k] * eps
+    torch.testing.assert_close(c_in * x, abar[k].sqrt() * x0 + (1 - abar[k]).sqrt() * eps)
+    torch.testing.assert_close(c_skip * x + c_out * eps, x0)
+    assert c_noise == pytest.approx(k)
+    with pytest.raises(ConfigError, match="sigma must be > 0"):
+        pre(0.0)
+
+
+def test_preconditioned_loss_weight_is_edm_lambda_or_one_over_sigma_squared():
+    from fastdp_ros.diffusion import VPPreconditioning, preconditioned_loss_weight
+
+    sigma = torch.tensor([0.01, 0.5, 3.0, 80.0])
+    torch.testing.assert_close(preconditioned_loss_weight(edm_preconditioning, sigma, 0.5),
+                               edm_loss_weight(sigma, 0.5))
+    vp = VPPreconditioning(alphas_cumprod(cosine_betas(100)))
+    torch.testing.assert_close(preconditioned_loss_weight(vp, sigma), 1.0 / sigma**2)

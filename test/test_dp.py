@@ -172,3 +172,48 @@ def test_train_init_from_records_provenance(tmp_path):
     provenance = json.loads((out / "config.json").read_text())["provenance"]
     assert provenance["init_from"]["model"] == str(source.resolve())
     assert np.all(np.isfinite(load_policy(out).act(obs_of(1.0))))
+
+
+def test_converted_edm_model_is_the_ddpm_model(tmp_path):
+    """`fastdp convert --to edm`: D(x; sigma_t) is the DDPM model's own x0 estimate at t."""
+    import json
+
+    from fastdp_ros.cli.main import main
+    from fastdp_ros.diffusion import alphas_cumprod, cosine_betas
+
+    source, _ = train_tiny(tmp_path / "ddpm", steps=20)
+    out = tmp_path / "edm"
+    assert main(["convert", str(source), "--to", "edm", "--out", str(out), "--steps", "6"]) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["policy"]["noise_model"] == "edm" and cfg["policy"]["preconditioning"] == "vp"
+    assert cfg["provenance"]["converted_from"] == str(source.resolve())
+    ddpm, edm = load_policy(source).model, load_policy(out).model
+    for (name, a), (_, b) in zip(ddpm.state_dict().items(), edm.state_dict().items()):
+        assert torch.equal(a, b), name
+
+    abar = alphas_cumprod(cosine_betas(100)).float()
+    cond = ddpm.encode({k: torch.from_numpy(v[None]) for k, v in obs_of(1.0).items()}).expand(3, -1)
+    x_t = torch.randn(3, 8, 8)
+    t = torch.tensor([3, 40, 90])
+    a = abar[t].view(-1, 1, 1)
+    with torch.no_grad():
+        eps = ddpm.unet(x_t, t.float(), cond)
+        x0_ddpm = (x_t - (1 - a).sqrt() * eps) / a.sqrt()
+        sigma = ((1 - abar[t]) / abar[t]).sqrt()
+        x0_edm = edm.edm_denoiser(x_t / a.sqrt(), sigma, cond)
+    torch.testing.assert_close(x0_edm, x0_ddpm, atol=1e-4, rtol=1e-4)
+    policy = load_policy(out)
+    assert policy.nfe == 2 * 6 - 1
+    assert np.all(np.isfinite(policy.act(obs_of(-1.0))))
+
+    assert main(["convert", str(out), "--to", "edm", "--out", str(tmp_path / "again")]) == 2  # already EDM
+    assert main(["convert", str(source), "--to", "ddim", "--out", str(tmp_path / "x")]) == 2
+
+
+def test_vp_preconditioning_is_for_edm_models():
+    from fastdp_ros.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="for EDM models"):
+        tiny_config(preconditioning="vp")
+    with pytest.raises(ConfigError, match="preconditioning must be one of"):
+        tiny_config(noise_model="edm", sampler="edm", preconditioning="karras")

@@ -56,6 +56,9 @@ def add_parser(sub) -> None:
     n.add_argument("--pool", default="spatial_softmax", help="spatial_softmax | avg")
     n.add_argument("--down-dims", type=_ints, default=(64, 128, 256))
     n.add_argument("--noise-model", default="ddpm", help="ddpm (VP, epsilon) | edm (VE, Karras)")
+    n.add_argument("--preconditioning", default="edm",
+                   help="edm models: edm (Karras et al.'s) | vp (the network reads DDPM inputs and timesteps: "
+                        "a DDPM model's weights start it as they are; see `fastdp convert`)")
     n.add_argument("--num-inference-steps", type=int, default=None,
                    help="default sampling steps stored with the model (ddpm: 100, edm: 18)")
     a = p.add_argument_group("ALT (action lookup table; e.g. --steps 600 --batch-size 256 --lr 1e-3 --lowdim-keys '')")
@@ -85,7 +88,7 @@ def run(args) -> int:
     edm = args.noise_model == "edm"
     config = DiffusionPolicyConfig(
         backbone=args.backbone, pool=args.pool, down_dims=args.down_dims, noise_model=args.noise_model,
-        relative_to="joint_pos" if args.relative_actions else "",
+        preconditioning=args.preconditioning, relative_to="joint_pos" if args.relative_actions else "",
         sampler="edm" if edm else "ddpm",
         num_inference_steps=args.num_inference_steps or (18 if edm else 100),
         batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps,

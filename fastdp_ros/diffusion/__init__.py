@@ -39,6 +39,7 @@ from fastdp_ros.diffusion.discrete import (
 from fastdp_ros.diffusion.edm import Denoiser, EDMSampler, edm_denoise, euler_step, heun_step
 from fastdp_ros.diffusion.schedules import (
     BETA_SCHEDULES,
+    VPPreconditioning,
     alphas_cumprod,
     consistency_preconditioning,
     cosine_betas,
@@ -48,6 +49,7 @@ from fastdp_ros.diffusion.schedules import (
     karras_sigmas,
     linear_betas,
     make_betas,
+    preconditioned_loss_weight,
 )
 from fastdp_ros.diffusion.wrapper import FixedStepSampler
 
@@ -70,6 +72,8 @@ __all__ = [
     "karras_sigmas",
     "edm_preconditioning",
     "consistency_preconditioning",
+    "VPPreconditioning",
+    "preconditioned_loss_weight",
     "edm_loss_weight",
     "edm_training_sigmas",
     "BETA_SCHEDULES",

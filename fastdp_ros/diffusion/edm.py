@@ -94,6 +94,8 @@ class EDMSampler(nn.Module):
         num_steps: N noise levels; N ODE steps, the last one to sigma = 0.
         heun: 2nd-order Heun steps (2N - 1 network evaluations) or Euler (N).
         sigma_data: the data's standard deviation used by the preconditioning.
+        preconditioning: (sigma, sigma_data) -> (c_skip, c_out, c_in, c_noise); EDM's by
+            default, schedules.VPPreconditioning for a network trained as a DDPM model.
 
     sample(denoise_fn, noise, cond) starts from x = sigma_max * noise; sample_from(denoise_fn,
     x, start_index, cond) from an x at noise level sigmas[start_index] (noise_to_index).
@@ -107,6 +109,7 @@ class EDMSampler(nn.Module):
         num_steps: int = 18,
         heun: bool = True,
         sigma_data: float = 0.5,
+        preconditioning=edm_preconditioning,
     ):
         super().__init__()
         if sigma_data <= 0:
@@ -116,6 +119,7 @@ class EDMSampler(nn.Module):
         self.num_steps = int(num_steps)
         self.heun = bool(heun)
         self.sigma_data = float(sigma_data)
+        self.preconditioning = preconditioning
         self._sigmas = tuple(sigmas.tolist())
         self.register_buffer("sigmas", sigmas.to(torch.float32), persistent=False)
 
@@ -127,8 +131,9 @@ class EDMSampler(nn.Module):
     stochastic = False
 
     def extra_repr(self) -> str:
+        precond = "" if self.preconditioning is edm_preconditioning else f", preconditioning={self.preconditioning!r}"
         return (f"sigma_min={self.sigma_min}, sigma_max={self.sigma_max}, rho={self.rho}, "
-                f"num_steps={self.num_steps}, heun={self.heun}, sigma_data={self.sigma_data}")
+                f"num_steps={self.num_steps}, heun={self.heun}, sigma_data={self.sigma_data}{precond}")
 
     def _check_start(self, start_index: int) -> int:
         if int(start_index) != start_index or not 0 <= start_index < self.num_steps:
@@ -146,7 +151,7 @@ class EDMSampler(nn.Module):
         """D(x, sigma) for this sampler's sigma_data, with cond bound."""
 
         def d(x: torch.Tensor, sigma) -> torch.Tensor:
-            return edm_denoise(denoise_fn, x, sigma, cond, self.sigma_data)
+            return edm_denoise(denoise_fn, x, sigma, cond, self.sigma_data, self.preconditioning)
 
         return d
 

@@ -20,6 +20,8 @@ __all__ = [
     "karras_sigmas",
     "edm_preconditioning",
     "consistency_preconditioning",
+    "VPPreconditioning",
+    "preconditioned_loss_weight",
     "edm_loss_weight",
     "edm_training_sigmas",
     "BETA_SCHEDULES",
@@ -118,6 +120,58 @@ def consistency_preconditioning(sigma, sigma_min: float = 0.002, sigma_data: flo
         return sd2 / (d * d + sd2), d * sigma_data / torch.sqrt(sigma * sigma + sd2), c_in, c_noise
     d = float(sigma) - sigma_min
     return sd2 / (d * d + sd2), d * sigma_data / math.sqrt(float(sigma) ** 2 + sd2), c_in, c_noise
+
+
+class VPPreconditioning:
+    """EDM's VP preconditioning (Karras et al. 2022, table 1) over a discrete DDPM schedule.
+
+    D(x; sigma) = x - sigma F(x / sqrt(sigma^2 + 1), t(sigma)), with t(sigma) the fractional
+    DDPM timestep whose noise level sqrt((1 - abar_t) / abar_t) is sigma (piecewise linear in
+    ln sigma, clamped to [0, T - 1]). A DDPM epsilon network is such an F as it is: x / sqrt(
+    sigma^2 + 1) is the DDPM sample x_t for x = x0 + sigma eps, so a model with this
+    preconditioning starts as its DDPM teacher's probability-flow ODE, with no training.
+    Call it like edm_preconditioning: (sigma, sigma_data) -> (c_skip, c_out, c_in, c_noise);
+    sigma_data is not used.
+    """
+
+    def __init__(self, alphas_cumprod: torch.Tensor):
+        abar = alphas_cumprod.to(torch.float64)
+        if abar.dim() != 1 or len(abar) < 2 or not bool(((abar > 0) & (abar < 1)).all()):
+            raise ConfigError("VP preconditioning needs >= 2 cumulative alphas in (0, 1)")
+        self.log_sigmas = torch.log(torch.sqrt((1.0 - abar) / abar))
+        if not bool((self.log_sigmas[1:] > self.log_sigmas[:-1]).all()):
+            raise ConfigError("VP preconditioning needs a schedule whose noise grows with t")
+
+    def __repr__(self) -> str:
+        return f"VPPreconditioning(num_train_timesteps={len(self.log_sigmas)})"
+
+    def timestep(self, sigma):
+        """t(sigma): a float for a float, else a tensor shaped like sigma."""
+        if torch.is_tensor(sigma):
+            # sum of per-segment fractions = piecewise-linear interpolation, clamped at both
+            # ends; unlike searchsorted it exports to ONNX (Sub, Div, Clip, ReduceSum)
+            table = self.log_sigmas.to(device=sigma.device, dtype=sigma.dtype)
+            x = torch.log(sigma).unsqueeze(-1)
+            return ((x - table[:-1]) / (table[1:] - table[:-1])).clamp(0.0, 1.0).sum(-1)
+        sigma = float(sigma)
+        if sigma <= 0:
+            raise ConfigError(f"sigma must be > 0 for preconditioning, got {sigma}")
+        table = self.log_sigmas.tolist()
+        x = math.log(sigma)
+        return float(sum(min(1.0, max(0.0, (x - lo) / (hi - lo))) for lo, hi in zip(table[:-1], table[1:])))
+
+    def __call__(self, sigma, sigma_data: float = 0.5):
+        t = self.timestep(sigma)
+        if torch.is_tensor(sigma):
+            return torch.ones_like(sigma), -sigma, torch.rsqrt(sigma * sigma + 1.0), t
+        return 1.0, -float(sigma), 1.0 / math.sqrt(float(sigma) ** 2 + 1.0), t
+
+
+def preconditioned_loss_weight(preconditioning, sigma: torch.Tensor, sigma_data: float = 0.5) -> torch.Tensor:
+    """Denoising loss weight 1 / c_out(sigma)^2 (EDM's lambda for its own preconditioning;
+    the epsilon-prediction loss for VP)."""
+    c_out = preconditioning(sigma, sigma_data)[1]
+    return 1.0 / (c_out * c_out)
 
 
 def edm_loss_weight(sigma: torch.Tensor, sigma_data: float = 0.5) -> torch.Tensor:

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from fastdp_ros.diffusion import edm_denoise, edm_loss_weight, edm_training_sigmas, heun_step
+from fastdp_ros.diffusion import edm_denoise, edm_training_sigmas, heun_step, preconditioned_loss_weight
 from fastdp_ros.diffusion.schedules import karras_sigmas
 from fastdp_ros.errors import ConfigError, ModelFileError
 from fastdp_ros.nn import ConditionalUnet1D
@@ -114,7 +114,7 @@ class TrajectoryStudent(nn.Module):
         # the level s is embedded like EDM's c_noise (ln(s) / 4); s = 0 reads as sigma_min / 2
         s_feat = self.s_embed(0.25 * torch.log(s.clamp(min=0.5 * self.sigma_min)))
         return edm_denoise(self.model.unet, x, t, torch.cat([cond, s_feat.to(cond.dtype)], dim=-1),
-                           sigma_data=self.sigma_data)
+                           self.sigma_data, self.model.preconditioning)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """G(x_t, t, s): x_t carried from level t to level s (s <= t)."""
@@ -288,7 +288,8 @@ class ConsistencyDistillation(FrozenTrainMode):
         ctm = ((estimate - target) ** 2).mean()
         sigma = edm_training_sigmas(b, device=x0.device)
         noisy = x0 + sigma.view(-1, 1, 1) * torch.randn_like(x0)
-        weight = edm_loss_weight(sigma, self.student.sigma_data).view(-1, 1, 1)
+        weight = preconditioned_loss_weight(self.student.model.preconditioning, sigma,
+                                            self.student.sigma_data).view(-1, 1, 1)
         dsm = (weight * (self.student.denoise(noisy, sigma, sigma, cond) - x0) ** 2).mean()
         return {"ctm": ctm, "dsm": dsm, "cond": cond, "x_t": x_t, "t": t}
 

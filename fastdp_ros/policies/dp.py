@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from pathlib import Path
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,9 +29,13 @@ from fastdp_ros.diffusion import (
     DDPMSampler,
     EDMSampler,
     FixedStepSampler,
+    VPPreconditioning,
+    alphas_cumprod,
     edm_denoise,
-    edm_loss_weight,
+    edm_preconditioning,
     edm_training_sigmas,
+    make_betas,
+    preconditioned_loss_weight,
 )
 from fastdp_ros.errors import ConfigError, ModelFileError
 from fastdp_ros.nn import ConditionalUnet1D, MultiImageObsEncoder
@@ -42,6 +47,7 @@ log = logging.getLogger(__name__)
 
 NOISE_MODELS = ("ddpm", "edm")
 SAMPLERS = {"ddpm": ("ddpm", "ddim"), "edm": ("edm",)}
+PRECONDITIONINGS = ("edm", "vp")
 
 
 @dataclass
@@ -71,6 +77,10 @@ class DiffusionPolicyConfig:
     sigma_max: float = 80.0
     rho: float = 7.0
     sigma_data: float = 0.5
+    # EDM models: "edm" (Karras et al.'s c_in / c_out / c_noise = ln(sigma) / 4) or "vp" (the
+    # network reads DDPM-scaled inputs and timesteps and predicts the noise: a DDPM model's
+    # weights are a working EDM model as they are, see schedules.VPPreconditioning)
+    preconditioning: str = "edm"
     # default sampler at run time (override with from_model_dir(sampler=..., steps=...))
     sampler: str = "ddpm"  # ddpm | ddim | edm
     num_inference_steps: int = 100
@@ -88,6 +98,10 @@ class DiffusionPolicyConfig:
         self.down_dims = tuple(int(d) for d in self.down_dims)
         if self.noise_model not in NOISE_MODELS:
             raise ConfigError(f"noise_model must be one of {NOISE_MODELS}, got {self.noise_model!r}")
+        if self.preconditioning not in PRECONDITIONINGS:
+            raise ConfigError(f"preconditioning must be one of {PRECONDITIONINGS}, got {self.preconditioning!r}")
+        if self.preconditioning != "edm" and self.noise_model != "edm":
+            raise ConfigError(f"preconditioning {self.preconditioning!r} is for EDM models (noise_model 'edm')")
         if self.sampler not in SAMPLERS[self.noise_model]:
             raise ConfigError(
                 f"sampler {self.sampler!r} does not fit a {self.noise_model} model; "
@@ -173,6 +187,10 @@ class DiffusionPolicyModel(nn.Module):
         if config.noise_model == "ddpm":
             self.train_sampler = DDPMSampler(config.num_train_timesteps, config.beta_schedule,
                                              config.prediction_type)
+        #: (sigma, sigma_data) -> (c_skip, c_out, c_in, c_noise) of an EDM model
+        self.preconditioning = (
+            VPPreconditioning(alphas_cumprod(make_betas(config.beta_schedule, config.num_train_timesteps)))
+            if config.preconditioning == "vp" else edm_preconditioning)
 
     # --- pieces shared by training, sampling, distillation and retrieval -----------------
 
@@ -212,7 +230,7 @@ class DiffusionPolicyModel(nn.Module):
 
     def edm_denoiser(self, x: torch.Tensor, sigma, cond: torch.Tensor) -> torch.Tensor:
         """D(x; sigma): the preconditioned x0 estimate of an EDM model."""
-        return edm_denoise(self.unet, x, sigma, cond, sigma_data=self.config.sigma_data)
+        return edm_denoise(self.unet, x, sigma, cond, self.config.sigma_data, self.preconditioning)
 
     def make_sampler(self, name: str | None = None, steps: int | None = None) -> nn.Module:
         """A fixed-step sampler for this model's noise model."""
@@ -229,7 +247,7 @@ class DiffusionPolicyModel(nn.Module):
             return DDIMSampler(cfg.num_train_timesteps, steps or cfg.num_inference_steps, 0.0,
                                cfg.beta_schedule, cfg.prediction_type)
         return EDMSampler(cfg.sigma_min, cfg.sigma_max, cfg.rho, steps or cfg.num_inference_steps,
-                          heun=True, sigma_data=cfg.sigma_data)
+                          heun=True, sigma_data=cfg.sigma_data, preconditioning=self.preconditioning)
 
     # --- training --------------------------------------------------------------------
 
@@ -248,7 +266,7 @@ class DiffusionPolicyModel(nn.Module):
             return nn.functional.mse_loss(pred, self.train_sampler.training_target(x0, noise, t))
         sigma = edm_training_sigmas(x0.shape[0], device=x0.device)
         denoised = self.edm_denoiser(x0 + sigma.view(-1, 1, 1) * noise, sigma, cond)
-        weight = edm_loss_weight(sigma, self.config.sigma_data).view(-1, 1, 1)
+        weight = preconditioned_loss_weight(self.preconditioning, sigma, self.config.sigma_data).view(-1, 1, 1)
         return (weight * (denoised - x0) ** 2).mean()
 
 
@@ -436,6 +454,34 @@ def demonstration_episodes(buffer) -> np.ndarray:
             log.info("using %d of %d episodes (the expert's successful ones)", len(ok), buffer.n_episodes)
         return ok
     return np.arange(buffer.n_episodes)
+
+
+def convert_to_edm(source: str | os.PathLike, out: str | os.PathLike, steps: int = 18) -> Path:
+    """Write the DDPM epsilon model in `source` as an EDM model with VP preconditioning.
+
+    No training: the same network and weights, whose probability-flow ODE (Heun over
+    `steps` Karras levels) is the DDPM model's own (schedules.VPPreconditioning). This is the
+    EDM teacher consistency distillation and RAGDP's VE variant need, at the DDPM model's
+    quality. Weights stay in the source's precision.
+    """
+    from fastdp_ros.policies.modeldir import model_hash, save_model_dir
+
+    files = load_model_dir(source)
+    if files.policy_type != "dp":
+        raise ConfigError(f"{source} is a {files.policy_type!r} model; conversion takes a Diffusion Policy (dp)")
+    spec, config, model = build_model_from_files(files)
+    if config.noise_model != "ddpm" or config.prediction_type != "epsilon":
+        raise ConfigError(f"{source} is a {config.noise_model} model predicting {config.prediction_type!r}; "
+                          f"conversion to EDM takes a DDPM model that predicts the noise (epsilon)")
+    edm = dataclasses.replace(config, noise_model="edm", preconditioning="vp", sampler="edm",
+                              num_inference_steps=int(steps))
+    half = any(t.dtype == torch.float16 for t in files.state_dict.values())
+    provenance = {"converted_from": os.path.abspath(source), "converted_from_hash": model_hash(source),
+                  "conversion": "ddpm -> edm (vp preconditioning), no training",
+                  "source_provenance": files.config.get("provenance", {})}
+    cfg = {"spec": spec.to_dict(), "policy": edm.to_dict(), "normalizer": files.config["normalizer"],
+           "provenance": provenance}
+    return save_model_dir(out, "dp", cfg, model.state_dict(), half=half)
 
 
 # Fields that fix the network's parameters: a model to start from must agree on all of them.
