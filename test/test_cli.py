@@ -73,6 +73,10 @@ def test_collect_with_action_noise_records_the_executed_noisy_actions(tiny_store
         (["collect", "--task", "push", "--action-noise", "-1", "--out", "{tmp}/x"], "--action-noise must be"),
         (["replay", "{tmp}/missing"], "missing"),
         (["train", "--policy", "nope", "--dataset", "{tmp}/x", "--out", "{tmp}/m"], "--policy 'nope'"),
+        (["train", "--policy", "dp", "--dataset", "{tmp}/x", "--out", "{tmp}/m", "--preconditioning", "vp"],
+         "is for EDM models"),
+        (["convert", "{tmp}/missing", "--to", "edm", "--out", "{tmp}/m"], "does not exist"),
+        (["convert", "{tmp}/missing", "--to", "edm", "--out", "{tmp}/m", "--steps", "0"], "--steps must be >= 1"),
         (["eval", "{tmp}/missing"], "does not exist"),
     ],
 )
