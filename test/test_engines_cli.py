@@ -5,6 +5,7 @@ import logging
 
 import pytest
 
+import fastdp_ros
 from fastdp_ros.cli.main import main
 from test_engines import make_model
 
@@ -45,8 +46,9 @@ def test_bench_writes_json_markdown_and_plot(model, tmp_path):
         assert r["peak_rss_mb"] > 0
     assert rows["onnxruntime"]["parity_max_abs_diff"] < 1e-4
     assert report["command"].startswith("fastdp bench ")
+    assert report["host"]["fastdp_ros"] == fastdp_ros.__version__  # engines change between versions
     table = (out / "bench.md").read_text()
-    assert table.count("| tiny_dp | dp |") == 2
+    assert table.count("| tiny_dp | dp |") == 2 and f"fastdp_ros {fastdp_ros.__version__}" in table
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

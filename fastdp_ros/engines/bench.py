@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import fastdp_ros
 from fastdp_ros.engines.policy import load_engine_policy
 from fastdp_ros.errors import ConfigError, FastDPError
 from fastdp_ros.policies.spec import PolicySpec
@@ -267,6 +268,7 @@ def run_bench(models: list[str], backends: list[str], calls: int = 200, warmup: 
 def host_info(device: str = "cpu") -> dict:
     """The machine the numbers come from, including how busy it was when the bench started."""
     info = {
+        "fastdp_ros": fastdp_ros.__version__,
         "platform": platform.platform(),
         "cpu": _cpu_model(),
         "cpus": os.cpu_count(),

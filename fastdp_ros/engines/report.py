@@ -21,7 +21,8 @@ def markdown(report: dict) -> str:
         "",
         f"`{report['command']}`" if report.get("command") else "",
         "",
-        f"{report['created']} · {host.get('cpu')} ({host.get('cpus')} CPUs"
+        (f"fastdp_ros {host['fastdp_ros']} · " if "fastdp_ros" in host else "")
+        + f"{report['created']} · {host.get('cpu')} ({host.get('cpus')} CPUs"
         + (f", load average {load[0]:.2f}" if load else "") + f") · torch {host.get('torch')} "
         f"({host.get('torch_threads')} threads)"
         + (f" · onnxruntime {host['onnxruntime']}" if "onnxruntime" in host else "")
