@@ -17,8 +17,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
