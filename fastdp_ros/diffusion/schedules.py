@@ -6,6 +6,7 @@ samplers cast once to their working dtype.
 
 from __future__ import annotations
 
+import bisect
 import math
 
 import torch
@@ -141,6 +142,7 @@ class VPPreconditioning:
         self.log_sigmas = torch.log(torch.sqrt((1.0 - abar) / abar))
         if not bool((self.log_sigmas[1:] > self.log_sigmas[:-1]).all()):
             raise ConfigError("VP preconditioning needs a schedule whose noise grows with t")
+        self._table = self.log_sigmas.tolist()
 
     def __repr__(self) -> str:
         return f"VPPreconditioning(num_train_timesteps={len(self.log_sigmas)})"
@@ -156,9 +158,12 @@ class VPPreconditioning:
         sigma = float(sigma)
         if sigma <= 0:
             raise ConfigError(f"sigma must be > 0 for preconditioning, got {sigma}")
-        table = self.log_sigmas.tolist()
+        # called once per sampler step in eager act(): locate the segment, do not scan all
+        table = self._table
         x = math.log(sigma)
-        return float(sum(min(1.0, max(0.0, (x - lo) / (hi - lo))) for lo, hi in zip(table[:-1], table[1:])))
+        i = min(max(bisect.bisect_right(table, x), 1), len(table) - 1)
+        lo, hi = table[i - 1], table[i]
+        return (i - 1) + min(1.0, max(0.0, (x - lo) / (hi - lo)))
 
     def __call__(self, sigma, sigma_data: float = 0.5):
         t = self.timestep(sigma)
