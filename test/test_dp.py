@@ -1,11 +1,13 @@
 """Diffusion Policy teacher: learns a tiny dataset, round-trips exactly, rejects bad files."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
 from fastdp_ros.data import ReplayBuffer
-from fastdp_ros.errors import ModelFileError
+from fastdp_ros.errors import ConfigError, ModelFileError
 from fastdp_ros.policies import load_policy
 from fastdp_ros.policies.dp import DiffusionPolicyConfig, train_diffusion_policy
 from fastdp_ros.policies.training import TrainSettings
@@ -43,11 +45,11 @@ def tiny_config(**kw):
     return DiffusionPolicyConfig(**base)
 
 
-def train_tiny(tmp_path, steps=600, images=True, **cfg):
+def train_tiny(tmp_path, steps=600, images=True, precision="fp32", **cfg):
     ds = make_dataset(tmp_path / "ds", images=images)
     out = tmp_path / "model"
     settings = TrainSettings(steps=steps, batch_size=16, lr=1e-3, warmup_steps=10, val_every=10**6,
-                             ckpt_every=10**6, seed=0)
+                             ckpt_every=10**6, seed=0, precision=precision)
     result = train_diffusion_policy(str(ds), str(out), tiny_config(**cfg), settings,
                                     image_keys=("img_front",) if images else (),
                                     horizon=8, n_obs_steps=2, n_action_steps=4, val_ratio=0.0)
@@ -76,6 +78,23 @@ def test_tiny_model_overfits_and_acts(tmp_path):
         assert np.all(np.sign(chunk[:, :7].mean()) == sign)
     emb = policy.encode(obs_of(1.0))
     assert emb.ndim == 1 and emb.size == 2 * (16 + 8)
+
+
+def test_bf16_autocast_training_learns_and_keeps_fp32_weights(tmp_path):
+    torch.manual_seed(0)
+    out, result = train_tiny(tmp_path, precision="bf16")
+    assert result.final_loss < result.first_loss / 5
+    policy = load_policy(out)
+    assert all(p.dtype == torch.float32 for p in policy.model.parameters())
+    config = json.loads((out / "config.json").read_text())
+    assert config["provenance"]["train_settings"]["precision"] == "bf16"
+    for sign in (1.0, -1.0):
+        assert np.sign(policy.act(obs_of(sign))[:, :7].mean()) == sign
+
+
+def test_unknown_precision_is_a_config_error():
+    with pytest.raises(ConfigError, match="precision"):
+        TrainSettings(precision="fp8")
 
 
 def test_save_load_round_trip_exact(tmp_path):

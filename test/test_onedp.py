@@ -58,11 +58,12 @@ def test_generator_starts_as_teachers_one_step_denoiser(teacher, tmp_path):
     np.testing.assert_allclose(student.act(obs_of(1.0)), expected[0].numpy(), atol=1e-4)
 
 
-@pytest.mark.parametrize("variant", ["s", "d"])
-def test_distillation_runs_end_to_end(teacher, tmp_path, variant):
+@pytest.mark.parametrize("variant, precision", [("s", "fp32"), ("d", "fp32"), ("s", "bf16")])
+def test_distillation_runs_end_to_end(teacher, tmp_path, variant, precision):
     model_dir, dataset = teacher
     out = tmp_path / f"onedp_{variant}"
-    result = distill_onedp(str(model_dir), str(dataset), str(out), OneDPConfig(variant=variant), settings(20))
+    result = distill_onedp(str(model_dir), str(dataset), str(out), OneDPConfig(variant=variant),
+                           settings(20, precision=precision))
     assert np.isfinite(result.final_loss)
     student = load_policy(out)
     assert student.policy_type == "onedp" and student.nfe == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from fastdp_ros.cli.train import add_precision_argument
 from fastdp_ros.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,7 @@ def add_parser(sub) -> None:
     p.add_argument("--ckpt-every", type=int, default=500)
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
     p.add_argument("--half", action="store_true", help="store fp16 weights")
+    add_precision_argument(p)
     o = p.add_argument_group("OneDP")
     o.add_argument("--variant", default="s", help="s: stochastic generator + score network | d: deterministic")
     o.add_argument("--generator-lr", type=float, default=1e-6)
@@ -54,7 +56,7 @@ def run(args) -> int:
         raise ConfigError(f"`fastdp distill` knows {', '.join(DISTILLERS)}; got --policy {args.policy!r}")
     settings = TrainSettings(steps=args.steps, batch_size=args.batch_size, warmup_steps=max(1, args.warmup_steps),
                              val_every=args.val_every, ckpt_every=args.ckpt_every, seed=args.seed,
-                             device=args.device, num_workers=args.num_workers)
+                             device=args.device, num_workers=args.num_workers, precision=args.precision)
     if args.policy == "onedp":
         from fastdp_ros.policies.onedp import OneDPConfig, distill_onedp
 

@@ -20,6 +20,13 @@ def _keys(text: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in text.split(",") if v.strip())
 
 
+def add_precision_argument(p) -> None:
+    """`--precision`, shared by `fastdp train` and `fastdp distill` (TrainSettings.precision)."""
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
+                   help="bf16: bfloat16 autocast of the forward pass (weights stay fp32); ~1.5x faster "
+                        "on CPUs with AMX / AVX512-BF16 and on recent GPUs")
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser("train", help="train a policy (dp: the Diffusion Policy teacher; alt: action lookup table)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -37,6 +44,7 @@ def add_parser(sub) -> None:
     p.add_argument("--ckpt-every", type=int, default=2000)
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
     p.add_argument("--half", action="store_true", help="store fp16 weights (smaller model files)")
+    add_precision_argument(p)
     p.add_argument("--init-from", default=None, metavar="MODEL",
                    help="dp: start from this Diffusion Policy's parameters (same network; the noise model may "
                         "differ, e.g. an EDM teacher from a DDPM one)")
@@ -96,7 +104,7 @@ def run(args) -> int:
     settings = TrainSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                              warmup_steps=min(args.warmup_steps, max(1, args.steps // 10)),
                              val_every=args.val_every, ckpt_every=args.ckpt_every, seed=args.seed,
-                             device=args.device, num_workers=args.num_workers)
+                             device=args.device, num_workers=args.num_workers, precision=args.precision)
     result = train_diffusion_policy(
         args.dataset, args.out, config, settings, image_keys=args.image_keys, lowdim_keys=args.lowdim_keys,
         horizon=args.horizon, n_obs_steps=args.n_obs_steps, n_action_steps=args.n_action_steps,
@@ -119,7 +127,7 @@ def run_alt(args) -> int:
     settings = TrainSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                              warmup_steps=min(args.warmup_steps, max(1, args.steps // 10)),
                              val_every=args.val_every, ckpt_every=args.ckpt_every, seed=args.seed,
-                             device=args.device, num_workers=args.num_workers)
+                             device=args.device, num_workers=args.num_workers, precision=args.precision)
     summary = train_alt(
         args.dataset, args.out, config, settings, image_keys=args.image_keys, lowdim_keys=args.lowdim_keys,
         horizon=args.horizon, n_obs_steps=args.n_obs_steps, n_action_steps=args.n_action_steps,

@@ -2,7 +2,8 @@
 
 AdamW, linear warm-up then cosine decay, EMA of the weights, gradient clipping, periodic
 validation loss, checkpoints (safetensors + JSON, never pickle) and resume, a progress bar,
-a CSV log, a seed. Started under `torchrun`, it trains with DistributedDataParallel (one
+a CSV log, a seed, and optional bfloat16 autocast (mixed precision: the weights, the optimizer
+and the EMA stay float32). Started under `torchrun`, it trains with DistributedDataParallel (one
 process per GPU, or gloo on CPU); only rank 0 logs and writes.
 """
 
@@ -51,10 +52,24 @@ class TrainSettings:
     num_workers: int = 0
     seed: int = 0
     device: str = "cpu"
+    precision: str = "fp32"  # fp32 | bf16 (autocast of the forward pass; no loss scaling needed)
 
     def __post_init__(self):
         if self.steps < 1 or self.batch_size < 1:
             raise ConfigError(f"steps and batch size must be >= 1, got {self.steps}, {self.batch_size}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+
+
+PRECISIONS = ("fp32", "bf16")
+
+
+def autocast(settings: TrainSettings):
+    """The forward pass's autocast context: bfloat16 on CPU (AMX / AVX512-BF16 kernels) or CUDA
+    for `bf16`, a no-op for `fp32`. bfloat16 has float32's exponent range, so the gradients need
+    no scaling."""
+    device_type = torch.device(settings.device).type
+    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=settings.precision == "bf16")
 
 
 @dataclass
@@ -162,7 +177,8 @@ def validation_loss(loss_fn, model: nn.Module, dataset: Dataset, settings: Train
     for i, batch in enumerate(loader):
         if i >= max_batches:
             break
-        losses.append(float(loss_fn(model, _to(batch, settings.device))))
+        with autocast(settings):
+            losses.append(float(loss_fn(model, _to(batch, settings.device))))
     torch.random.set_rng_state(state)
     model.train(was_training)
     return float(np.mean(losses)) if losses else float("nan")
@@ -237,7 +253,8 @@ def train(
     try:
         for step in bar:
             batch = _to(next(batches), device)
-            loss = loss_fn(net, batch)
+            with autocast(settings):
+                loss = loss_fn(net, batch)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"training loss became {float(loss)} at step {step}")
             opt.zero_grad(set_to_none=True)
