@@ -229,6 +229,24 @@ def test_converted_edm_model_is_the_ddpm_model(tmp_path):
     assert main(["convert", str(source), "--to", "ddim", "--out", str(tmp_path / "x")]) == 2
 
 
+def test_converted_edm_model_starts_at_the_chosen_sigma_max(tmp_path):
+    """`--sigma-max` moves where the Heun sampler (and a consistency student) starts."""
+    import json
+
+    from fastdp_ros.cli.main import main
+
+    source, _ = train_tiny(tmp_path / "ddpm", steps=5)
+    out = tmp_path / "edm"
+    assert main(["convert", str(source), "--to", "edm", "--out", str(out), "--steps", "4", "--sigma-max", "5"]) == 0
+    assert json.loads((out / "config.json").read_text())["policy"]["sigma_max"] == 5.0
+    sampler = load_policy(out).model.make_sampler("edm", 4)
+    assert float(sampler.sigmas[0]) == pytest.approx(5.0)
+    assert np.all(np.isfinite(load_policy(out).act(obs_of(0.5))))
+    # below sigma_min there is no schedule: refused before anything is written
+    assert main(["convert", str(source), "--to", "edm", "--out", str(tmp_path / "bad"), "--sigma-max", "0.001"]) == 2
+    assert not (tmp_path / "bad").exists()
+
+
 def test_vp_preconditioning_is_for_edm_models():
     from fastdp_ros.errors import ConfigError
 

@@ -25,6 +25,9 @@ def add_parser(sub) -> None:
     p.add_argument("--to", required=True, help=f"one of: {', '.join(TARGETS)}")
     p.add_argument("--out", required=True, help="model directory to write")
     p.add_argument("--steps", type=int, default=18, help="Karras levels of the stored default Heun sampler")
+    p.add_argument("--sigma-max", type=float, default=None,
+                   help="highest noise level, where sampling and consistency distillation start "
+                        "(None: the source's, 80)")
     p.set_defaults(run=run)
 
 
@@ -35,6 +38,6 @@ def run(args) -> int:
         raise ConfigError(f"--steps must be >= 1, got {args.steps}")
     from fastdp_ros.policies.dp import convert_to_edm
 
-    out = convert_to_edm(args.model, args.out, steps=args.steps)
+    out = convert_to_edm(args.model, args.out, steps=args.steps, sigma_max=args.sigma_max)
     log.info("wrote %s: %s as an EDM model (VP preconditioning, Heun over %d levels)", out, args.model, args.steps)
     return 0

@@ -102,6 +102,8 @@ class DiffusionPolicyConfig:
             raise ConfigError(f"preconditioning must be one of {PRECONDITIONINGS}, got {self.preconditioning!r}")
         if self.preconditioning != "edm" and self.noise_model != "edm":
             raise ConfigError(f"preconditioning {self.preconditioning!r} is for EDM models (noise_model 'edm')")
+        if not 0.0 < self.sigma_min < self.sigma_max:
+            raise ConfigError(f"need 0 < sigma_min < sigma_max, got {self.sigma_min} and {self.sigma_max}")
         if self.sampler not in SAMPLERS[self.noise_model]:
             raise ConfigError(
                 f"sampler {self.sampler!r} does not fit a {self.noise_model} model; "
@@ -456,13 +458,19 @@ def demonstration_episodes(buffer) -> np.ndarray:
     return np.arange(buffer.n_episodes)
 
 
-def convert_to_edm(source: str | os.PathLike, out: str | os.PathLike, steps: int = 18) -> Path:
+def convert_to_edm(source: str | os.PathLike, out: str | os.PathLike, steps: int = 18,
+                   sigma_max: float | None = None) -> Path:
     """Write the DDPM epsilon model in `source` as an EDM model with VP preconditioning.
 
     No training: the same network and weights, whose probability-flow ODE (Heun over
     `steps` Karras levels) is the DDPM model's own (schedules.VPPreconditioning). This is the
     EDM teacher consistency distillation and RAGDP's VE variant need, at the DDPM model's
     quality. Weights stay in the source's precision.
+
+    sigma_max (None: the source's, 80) is where sampling and distillation start. With VP
+    preconditioning D(x; sigma) = x - sigma eps, so a one-step jump from sigma_max multiplies
+    the network's error by sigma_max; a few units already hide the data (std ~0.5) in the noise
+    (DDIM-10 starts at t = 90, sigma 7.1; DDIM-5 at t = 80, sigma 3.3).
     """
     from fastdp_ros.policies.modeldir import model_hash, save_model_dir
 
@@ -473,8 +481,9 @@ def convert_to_edm(source: str | os.PathLike, out: str | os.PathLike, steps: int
     if config.noise_model != "ddpm" or config.prediction_type != "epsilon":
         raise ConfigError(f"{source} is a {config.noise_model} model predicting {config.prediction_type!r}; "
                           f"conversion to EDM takes a DDPM model that predicts the noise (epsilon)")
+    levels = {} if sigma_max is None else {"sigma_max": float(sigma_max)}
     edm = dataclasses.replace(config, noise_model="edm", preconditioning="vp", sampler="edm",
-                              num_inference_steps=int(steps))
+                              num_inference_steps=int(steps), **levels)
     half = any(t.dtype == torch.float16 for t in files.state_dict.values())
     provenance = {"converted_from": os.path.abspath(source), "converted_from_hash": model_hash(source),
                   "conversion": "ddpm -> edm (vp preconditioning), no training",
