@@ -20,6 +20,7 @@ from fastdp_ros.errors import ConfigError, FastDPError, RendererError
 from fastdp_ros.robots import PANDA
 from fastdp_ros.sim import (
     ARM_JOINT_OFFSET,
+    STEP_COST,
     TASKS,
     FrankaSim,
     SceneConfig,
@@ -261,6 +262,27 @@ def test_time_limit_truncates():
     assert env.max_steps == 3
     assert [r[3] for r in results] == [False, False, True]
     assert not any(r[2] for r in results)
+    env.close()
+
+
+def test_reward_ranks_finishing_above_waiting():
+    """An episode ends at success, so every other step must cost: otherwise a policy that
+    hovers until the time limit out-earns one that finishes."""
+    env = make_env("push", render=False)
+    expert = run_expert_episode(env, seed=0)
+    assert expert["success"]
+    obs, _ = env.reset(seed=0)
+    hold = np.concatenate([obs["joint_pos"], obs["gripper"]])
+    waited, rewards = 0.0, []
+    for _ in range(env.max_steps):
+        _, reward, terminated, truncated, info = env.step(hold)
+        rewards.append(reward)
+        waited += reward
+        if terminated or truncated:
+            break
+    assert not info["success"] and len(rewards) == env.max_steps
+    assert all(-STEP_COST <= r <= 0.0 for r in rewards)
+    assert expert["return"] > waited
     env.close()
 
 

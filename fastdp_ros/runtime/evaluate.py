@@ -104,7 +104,7 @@ def extra_observation(obs: dict, info: dict, keys) -> dict:
 def evaluate_policy(policy, task: str, episodes: int, seed0: int = EVAL_SEED0, n_action_steps: int | None = None,
                     show_progress: bool = True, env=None) -> EvalReport:
     """Roll `policy` out for `episodes` episodes of `task` from seeds seed0, seed0 + 1, ..."""
-    from fastdp_ros.sim import make_env
+    from fastdp_ros.sim import STEP_COST, SUCCESS_BONUS, make_env
 
     spec = policy.spec
     n_exec = n_action_steps or spec.n_action_steps
@@ -154,4 +154,5 @@ def evaluate_policy(policy, task: str, episodes: int, seed0: int = EVAL_SEED0, n
         mean_return=float(np.mean([r.episode_return for r in results])) if results else float("nan"),
         nfe=int(policy.nfe), latency_ms=latency_summary(latencies), n_action_steps=n_exec,
         seeds=[r.seed for r in results], per_episode=[asdict(r) for r in results],
+        extra={"reward": {"step_cost": STEP_COST, "success_bonus": SUCCESS_BONUS}},
     )

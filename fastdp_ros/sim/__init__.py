@@ -28,6 +28,7 @@ from fastdp_ros.sim.scene import (  # noqa: E402
     build_spec,
 )
 from fastdp_ros.sim.tasks import (  # noqa: E402
+    STEP_COST,
     SUCCESS_BONUS,
     TASKS,
     FrankaEnv,
@@ -47,6 +48,7 @@ __all__ = [
     "build_model",
     "build_spec",
     "gl_backend",
+    "STEP_COST",
     "SUCCESS_BONUS",
     "TASKS",
     "FrankaEnv",

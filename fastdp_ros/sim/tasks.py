@@ -7,9 +7,12 @@ Tasks
 ``pick_place``  pick the cube up and place it on a target (a green disc), then let go.
 
 Every task randomizes its initial state from the seed given to :meth:`FrankaEnv.reset`,
-has a success predicate (``terminated`` when it holds), a dense shaped reward in ``[0, 1]``
-per step plus :data:`SUCCESS_BONUS` on the step that succeeds, and a time limit
-(``truncated`` when it is reached).
+has a success predicate (``terminated`` when it holds), a reward per step of a dense shaped
+score in ``[0, 1]`` minus :data:`STEP_COST`, plus :data:`SUCCESS_BONUS` on the step that
+succeeds, and a time limit (``truncated`` when it is reached). The step cost is what makes the
+return rank policies by success: an episode ends at success, and with rewards that are never
+negative a policy that hovers near the goal until the time limit would collect more than one that
+finishes (measured: failed push episodes returned 22-33, successful ones 17-18).
 
 Actions are 8 numbers: 7 joint position targets (rad, real Panda coordinates) and the hand's
 opening width target (m). They are rounded to float32 (so that actions stored as float32
@@ -34,6 +37,9 @@ log = logging.getLogger(__name__)
 
 SUCCESS_BONUS = 5.0
 """Added to the reward on the step where the task first succeeds."""
+
+STEP_COST = 1.0
+"""Subtracted from every step's reward: no shaped score outweighs it, so finishing sooner pays."""
 
 TABLE_Z = 0.0
 SAFE_Z = 0.12  # TCP height that clears the cube with the fingers
@@ -85,7 +91,7 @@ class Task:
         raise NotImplementedError
 
     def evaluate(self, sim: FrankaSim, state: TaskState) -> tuple[float, bool, dict]:
-        """``(shaped reward in [0, 1], success, extra info)`` in the current sim state."""
+        """``(shaped score in [0, 1], success, extra info)`` in the current sim state."""
         raise NotImplementedError
 
 
@@ -296,7 +302,8 @@ class FrankaEnv:
                 self.sim.set_command(q0 + a * (q1 - q0), w0 + a * (w1 - w0))
                 self.sim.advance(self.dt / self._ticks)
         self.elapsed_steps += 1
-        reward, success, extra = self.task.evaluate(self.sim, self.state)
+        score, success, extra = self.task.evaluate(self.sim, self.state)
+        reward = score - STEP_COST
         if success and not self._succeeded:
             reward += SUCCESS_BONUS
         self._succeeded = self._succeeded or success
@@ -353,6 +360,7 @@ class FrankaEnv:
             "gripper_width_range": list(self.sim.width_range),
             "tcp": "between the fingertip pads; quat wxyz in the home orientation's hemisphere",
             "success_bonus": SUCCESS_BONUS,
+            "step_cost": STEP_COST,
             "success_tolerance": self.task.success_tolerance,
             "model": "gymnasium_robotics kitchen_franka Panda (link6/7 re-oriented to real Panda)",
         }
