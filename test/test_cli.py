@@ -64,6 +64,26 @@ def test_collect_with_action_noise_records_the_executed_noisy_actions(tiny_store
     assert max(e["max_joint_deviation"] for e in json.loads(report.read_text())["episodes"]) < 1e-5
 
 
+def test_collect_records_a_policys_rollouts_that_replay(tmp_path):
+    from test_dp import train_tiny
+
+    model, _ = train_tiny(tmp_path / "tiny", steps=5, images=False)
+    rollouts = tmp_path / "rollouts"
+    assert main(["collect", "--task", "reach", "--policy", str(model), "--steps", "2", "--episodes", "2",
+                 "--seed", "3000000", "--out", str(rollouts)]) == 0
+    buf = ReplayBuffer.open(rollouts, required_keys=["joint_pos", "gripper", "action", "reward", "object_state"])
+    assert buf.n_episodes == 2 and list(buf.episode_meta("episode_seed")) == [3000000, 3000001]
+    assert buf.attrs["policy"] == str(model.resolve()) and buf.attrs["policy_options"] == {"steps": 2}
+    assert not any(buf.episode_meta("episode_success"))  # an untrained model: failures, kept
+    episode = buf.get_episode(0)
+    assert len(episode["reward"]) == buf.attrs["max_steps"] and np.all(episode["reward"] < 0)
+    np.testing.assert_allclose(buf.episode_meta("episode_return")[0], episode["reward"].sum(), rtol=1e-5)
+    # each row pairs the observation with the action chosen from it: replaying reproduces the rollout
+    report = tmp_path / "replay.json"
+    assert main(["replay", str(rollouts), "--out", str(report)]) == 0
+    assert max(e["max_joint_deviation"] for e in json.loads(report.read_text())["episodes"]) < 1e-5
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
@@ -71,6 +91,9 @@ def test_collect_with_action_noise_records_the_executed_noisy_actions(tiny_store
         (["collect", "--task", "push", "--episodes", "1", "--out", "{tmp}/file/x"], "{tmp}/file/x"),
         (["collect", "--task", "push", "--episodes", "0", "--out", "{tmp}/x"], "--episodes must be >= 1"),
         (["collect", "--task", "push", "--action-noise", "-1", "--out", "{tmp}/x"], "--action-noise must be"),
+        (["collect", "--task", "push", "--policy", "{tmp}/missing", "--out", "{tmp}/x"], "does not exist"),
+        (["collect", "--task", "push", "--policy", "{tmp}/m", "--keep-failed", "--out", "{tmp}/x"],
+         "options of the scripted expert"),
         (["replay", "{tmp}/missing"], "missing"),
         (["train", "--policy", "nope", "--dataset", "{tmp}/x", "--out", "{tmp}/m"], "--policy 'nope'"),
         (["train", "--policy", "dp", "--dataset", "{tmp}/x", "--out", "{tmp}/m", "--preconditioning", "vp"],

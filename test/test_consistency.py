@@ -12,7 +12,7 @@ from fastdp_ros.errors import ConfigError, DatasetError
 from fastdp_ros.policies import load_policy
 from fastdp_ros.policies.consistency import ConsistencyConfig, ConsistencyDistillation, distill_consistency
 from fastdp_ros.policies.distill import load_teacher
-from fastdp_ros.policies.ractd import distill_ractd
+from fastdp_ros.policies.ractd import discounted_returns, distill_ractd
 from fastdp_ros.policies.training import TrainSettings
 from test_dp import make_dataset, obs_of, train_tiny
 
@@ -124,23 +124,39 @@ def test_ractd_fits_a_reward_model_and_records_it(edm_teacher, tmp_path):
     distill_ractd(str(model_dir), str(dataset), str(out), ConsistencyConfig(), settings(3), reward_steps=20)
     prov = json.loads((out / "config.json").read_text())["provenance"]
     assert prov["reward_fit_steps"] == 20 and np.isfinite(prov["reward_fit_loss"])
-    assert "reward_dataset" not in prov
+    assert "reward_datasets" not in prov and prov["reward_discount"] == 0.0
 
 
-def test_ractd_fits_its_reward_model_on_another_dataset(edm_teacher, tmp_path):
+def test_discounted_returns_stay_within_their_episode():
+    reward = np.array([1.0, 2.0, 4.0, 10.0, 20.0], np.float32)
+    ends = np.array([3, 5])
+    np.testing.assert_allclose(discounted_returns(reward, ends, 0.0), reward)
+    np.testing.assert_allclose(discounted_returns(reward, ends, 0.5), [1 + 1 + 1, 2 + 2, 4, 10 + 10, 20])
+
+
+def test_ractd_fits_its_reward_model_on_other_datasets(edm_teacher, tmp_path):
     model_dir, dataset = edm_teacher
-    other = make_dataset(tmp_path / "mixed")
+    mixed, rollouts = make_dataset(tmp_path / "mixed"), make_dataset(tmp_path / "rollouts", n_episodes=2, seed=3)
     out = tmp_path / "ractd"
     distill_ractd(str(model_dir), str(dataset), str(out), ConsistencyConfig(), settings(2), reward_steps=5,
-                  reward_dataset=str(other))
+                  reward_datasets=[str(mixed), str(rollouts)], reward_discount=0.9)
     prov = json.loads((out / "config.json").read_text())["provenance"]
-    assert prov["reward_dataset"] == str(other.resolve()) and prov["dataset"] == str(Path(dataset).resolve())
+    assert prov["reward_datasets"] == [str(mixed.resolve()), str(rollouts.resolve())]
+    assert prov["dataset"] == str(Path(dataset).resolve()) and prov["reward_discount"] == 0.9
+    with pytest.raises(ConfigError, match="discount"):
+        distill_ractd(str(model_dir), str(dataset), str(tmp_path / "x"), ConsistencyConfig(), settings(1),
+                      reward_datasets=str(mixed), reward_discount=1.0)
     # a reward dataset without rewards, or with other observations, fails before any training
     for bad, match in ((make_dataset(tmp_path / "no_reward", rewards=False), "reward"),
                        (make_dataset(tmp_path / "lowdim", images=False), "img_front")):
         with pytest.raises(DatasetError, match=match):
             distill_ractd(str(model_dir), str(dataset), str(tmp_path / "x"), ConsistencyConfig(), settings(1),
-                          reward_dataset=str(bad))
+                          reward_datasets=str(bad))
+    # rewards recorded with and without the simulation's step cost do not mix
+    costly = make_dataset(tmp_path / "costly", attrs={"step_cost": 1.0})
+    with pytest.raises(DatasetError, match="step costs"):
+        distill_ractd(str(model_dir), str(dataset), str(tmp_path / "x"), ConsistencyConfig(), settings(1),
+                      reward_datasets=[str(mixed), str(costly)])
     assert not (tmp_path / "x").exists()
 
 

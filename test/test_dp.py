@@ -15,10 +15,10 @@ from fastdp_ros.policies.training import TrainSettings
 H = 16  # tiny images keep the test fast
 
 
-def make_dataset(path, n_episodes=4, length=20, images=True, seed=0, rewards=True):
+def make_dataset(path, n_episodes=4, length=20, images=True, seed=0, rewards=True, attrs=None):
     """Episodes whose actions depend on the observation: the policy must read it."""
     rng = np.random.default_rng(seed)
-    buf = ReplayBuffer.create(path, attrs={"task": "push", "dt": 0.1, "robot": "panda"})
+    buf = ReplayBuffer.create(path, attrs={"task": "push", "dt": 0.1, "robot": "panda", **(attrs or {})})
     for e in range(n_episodes):
         sign = 1.0 if e % 2 == 0 else -1.0
         t = np.linspace(0, 1, length, dtype=np.float32)

@@ -1,5 +1,6 @@
-"""`fastdp collect` (scripted expert demonstrations -> zarr dataset) and `fastdp replay`
-(re-run a dataset's recorded actions in the simulation from the recorded seeds)."""
+"""`fastdp collect` (scripted expert demonstrations, or rollouts of a model with --policy ->
+zarr dataset) and `fastdp replay` (re-run a dataset's recorded actions in the simulation from
+the recorded seeds)."""
 
 from __future__ import annotations
 
@@ -42,6 +43,12 @@ def add_parser(sub) -> None:
                    help="std of Gaussian noise added to every arm action the expert commands (the noisy "
                         "action is executed and recorded): mixed-quality data, with several actions seen "
                         "in similar states, for a reward model such as RACTD's; the gripper is left alone")
+    p.add_argument("--policy", default=None, metavar="MODEL",
+                   help="record rollouts of this model directory instead of the expert (its cameras, image "
+                        "size and rate; every episode kept, failed ones marked): data of a policy's own "
+                        "mistakes, e.g. for RACTD's reward model (--reward-dataset)")
+    p.add_argument("--sampler", default=None, help="with --policy: the model's sampler (as in `fastdp eval`)")
+    p.add_argument("--steps", type=int, default=None, help="with --policy: its sampling steps")
     p.add_argument("--overwrite", action="store_true", help="replace an existing store at --out")
     p.set_defaults(run=run_collect)
 
@@ -87,6 +94,56 @@ def record_episode(env, seed: int, action_noise: float = 0.0) -> tuple[dict[str,
     return {k: np.stack(v) for k, v in steps.items()}, success, ret
 
 
+class RolloutRecorder:
+    """Writes a policy's rollouts (evaluate_policy's on_step / on_episode) as dataset episodes."""
+
+    def __init__(self, buffer):
+        from fastdp_ros.sim import object_state
+
+        self.buffer, self.object_state = buffer, object_state
+        self.steps: dict[str, list] = {}
+
+    def on_step(self, obs, info, action, reward) -> None:
+        for k, v in obs.items():
+            self.steps.setdefault(k, []).append(v)
+        self.steps.setdefault("object_state", []).append(self.object_state(info))
+        self.steps.setdefault("action", []).append(np.asarray(action, np.float32))
+        self.steps.setdefault("timestamp", []).append(np.float64(info["time"]))
+        self.steps.setdefault("reward", []).append(np.float32(reward))
+
+    def on_episode(self, result) -> None:
+        data = {k: np.stack(v) for k, v in self.steps.items()}
+        self.steps = {}
+        self.buffer.add_episode(data, episode_seed=result.seed, episode_success=result.success,
+                                episode_return=result.episode_return)
+
+
+def collect_rollouts(args) -> int:
+    """`fastdp collect --policy MODEL`: the model's closed-loop rollouts, every episode kept."""
+    from fastdp_ros.cli.eval import load_rollout_policy
+    from fastdp_ros.data import ReplayBuffer
+    from fastdp_ros.runtime.evaluate import cameras_of, evaluate_policy
+    from fastdp_ros.sim import make_env
+
+    policy, task, _, options = load_rollout_policy(args.policy, args.task, args.sampler, args.steps)
+    spec = policy.spec
+    h, w, _ = spec.image_shape if spec.image_keys else (96, 96, 3)
+    env = make_env(task, image_size=(h, w), cameras=cameras_of(spec) or ("front",), control_dt=spec.dt,
+                   render=bool(spec.image_keys))
+    attrs = {**env.metadata(), "policy": str(Path(args.policy).resolve()),
+             "policy_options": {k: v for k, v in options.items() if k != "device"}, "seed0": args.seed}
+    buffer = ReplayBuffer.create(args.out, attrs=attrs, overwrite=args.overwrite)
+    recorder = RolloutRecorder(buffer)
+    try:
+        report = evaluate_policy(policy, task, args.episodes, seed0=args.seed, env=env,
+                                 on_step=recorder.on_step, on_episode=recorder.on_episode)
+    finally:
+        env.close()
+    log.info("wrote %d rollouts of %s (%d steps) to %s: %d succeeded, mean return %.2f", buffer.n_episodes,
+             args.policy, buffer.n_steps, args.out, round(report.success_rate * report.episodes), report.mean_return)
+    return 0
+
+
 def run_collect(args) -> int:
     # imported here so `fastdp --help` stays fast and works without a renderer
     from fastdp_ros.data import ReplayBuffer
@@ -94,6 +151,11 @@ def run_collect(args) -> int:
 
     if args.episodes < 1:
         raise ConfigError(f"--episodes must be >= 1, got {args.episodes}")
+    if args.policy is not None:
+        if args.action_noise or args.keep_failed or args.no_images:
+            raise ConfigError("--action-noise, --keep-failed and --no-images are options of the scripted expert; "
+                              "--policy rollouts keep every episode and record what the model observes")
+        return collect_rollouts(args)
     if args.rate <= 0:
         raise ConfigError(f"--rate must be > 0, got {args.rate}")
     if not np.isfinite(args.action_noise) or args.action_noise < 0:

@@ -43,9 +43,13 @@ def add_parser(sub) -> None:
     c.add_argument("--inference-steps", type=int, default=1, help="chained steps stored as the default (1 or 3)")
     c.add_argument("--reward-weight", type=float, default=0.7, help="RACTD: weight of -R(first action)")
     c.add_argument("--reward-steps", type=int, default=1000, help="RACTD: reward model fitting steps")
-    c.add_argument("--reward-dataset", default=None,
-                   help="RACTD: fit the reward model on these demonstrations instead of --dataset (same "
-                        "observations; e.g. mixed-quality ones from `fastdp collect --action-noise`)")
+    c.add_argument("--reward-dataset", nargs="+", default=None, metavar="D",
+                   help="RACTD: fit the reward model on these datasets instead of --dataset (same observations; "
+                        "mixed-quality data, e.g. `fastdp collect --action-noise` or rollouts of a policy from "
+                        "`fastdp collect --policy M`, together with the demonstrations)")
+    c.add_argument("--reward-discount", type=float, default=0.0,
+                   help="RACTD: 0 fits the reward model to the next reward; a discount in (0, 1) to the "
+                        "discounted sum of the rewards that follow in the episode")
     p.set_defaults(run=run)
 
 
@@ -77,7 +81,7 @@ def run(args) -> int:
 
             result = distill_ractd(args.teacher, args.dataset, args.out, config, settings,
                                    reward_steps=args.reward_steps, resume=args.resume, half=args.half,
-                                   reward_dataset=args.reward_dataset)
+                                   reward_datasets=args.reward_dataset, reward_discount=args.reward_discount)
     log.info("distilled %d steps in %.0f s: loss %.4f -> %.4f; model in %s", result.steps, result.seconds,
              result.first_loss, result.final_loss, args.out)
     return 0

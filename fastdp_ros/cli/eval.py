@@ -48,23 +48,31 @@ def check_seed_overlap(model_config: dict, seed0: int, episodes: int) -> None:
                           f"choose --seed0 outside [{min(demo)}, {max(demo)}]")
 
 
-def run(args) -> int:
+def load_rollout_policy(model: str, task: str | None = None, sampler: str | None = None, steps: int | None = None,
+                        device: str = "cpu"):
+    """(policy, its task, its config, the load options) of a model to roll out in the simulation."""
     from fastdp_ros.policies import load_policy, read_config
+
+    config = read_config(model)
+    task = task or config.get("spec", {}).get("extra", {}).get("task")
+    if not task:
+        raise ConfigError(f"{model} does not record its task; pass --task")
+    options = {"device": device}
+    if sampler is not None:
+        options["sampler"] = sampler
+    if steps is not None:
+        options["steps"] = steps
+    return load_policy(model, **options), task, config, options
+
+
+def run(args) -> int:
+    from fastdp_ros.policies import read_config
     from fastdp_ros.runtime.evaluate import evaluate_policy
 
     if args.episodes < 1:
         raise ConfigError(f"--episodes must be >= 1, got {args.episodes}")
-    config = read_config(args.model)
-    task = args.task or config.get("spec", {}).get("extra", {}).get("task")
-    if not task:
-        raise ConfigError(f"{args.model} does not record its task; pass --task")
-    check_seed_overlap(config, args.seed0, args.episodes)
-    options = {"device": args.device}
-    if args.sampler is not None:
-        options["sampler"] = args.sampler
-    if args.steps is not None:
-        options["steps"] = args.steps
-    policy = load_policy(args.model, **options)
+    check_seed_overlap(read_config(args.model), args.seed0, args.episodes)
+    policy, task, config, options = load_rollout_policy(args.model, args.task, args.sampler, args.steps, args.device)
     report = evaluate_policy(policy, task, args.episodes, seed0=args.seed0, n_action_steps=args.n_action_steps)
     report.extra.update({"model": str(args.model), "policy_type": config["policy_type"], **options})
     lo, hi = report.success_ci95

@@ -94,8 +94,7 @@ def check_dataset_matches(buffer, spec: PolicySpec, what: str = "the teacher") -
         raise DatasetError(f"dataset {buffer.path} does not match {what}: " + "; ".join(problems))
 
 
-def distillation_windows(dataset: str | os.PathLike, spec: PolicySpec, val_ratio: float = 0.05, seed: int = 0,
-                         extra_keys: tuple[str, ...] = ()):
+def distillation_windows(dataset: str | os.PathLike, spec: PolicySpec, val_ratio: float = 0.05, seed: int = 0):
     """(buffer, train windows, validation windows or None) of a dataset checked against `spec`."""
     from fastdp_ros.data import ReplayBuffer, WindowDataset, split_episodes
 
@@ -105,7 +104,7 @@ def distillation_windows(dataset: str | os.PathLike, spec: PolicySpec, val_ratio
     if len(episodes) == 0:
         raise DatasetError(f"dataset {dataset} has no usable episodes")
     tr, va = split_episodes(len(episodes), val_ratio=val_ratio if len(episodes) > 1 else 0.0, seed=seed)
-    keys = list(spec.obs_keys) + [k for k in extra_keys if k not in spec.obs_keys]
+    keys = list(spec.obs_keys)
     make = lambda eps: WindowDataset(buffer, keys, spec.action_key, spec.n_obs_steps, spec.horizon,  # noqa: E731
                                      spec.n_action_steps, episodes=eps)
     return buffer, make(episodes[tr]), (make(episodes[va]) if len(va) else None)

@@ -4,7 +4,10 @@ distillation. The Consistency Policy student and loss (consistency.py) plus a re
 1. A reward model R(O, a) is fitted to the dataset's recorded rewards: R reads the frozen
    teacher's observation features and the action taken at that step (normalized), and
    predicts the reward that followed (standardized, so the reward weight means the same on
-   every task).
+   every task). With a discount > 0 it predicts the discounted sum of the rewards that
+   followed within the episode instead (a Monte-Carlo Q of the data's behaviour): the next
+   step's reward barely depends on one action, what follows from it does. It learns from
+   every episode of its datasets, failed ones included.
 2. The student is distilled as in Consistency Policy, and its loss adds
        -reward_weight * R(O, first action of the student's clean one-step prediction)
    (the action it would execute first). The reward is evaluated on clean actions, never
@@ -16,13 +19,14 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import ConcatDataset, DataLoader
 
-from fastdp_ros.errors import DatasetError
+from fastdp_ros.errors import ConfigError, DatasetError
 from fastdp_ros.nn import MLP
 from fastdp_ros.policies.base import register_policy
 from fastdp_ros.policies.consistency import (
@@ -31,7 +35,7 @@ from fastdp_ros.policies.consistency import (
     ConsistencyPolicy,
     run_student_training,
 )
-from fastdp_ros.policies.distill import Teacher, distillation_windows, load_teacher
+from fastdp_ros.policies.distill import Teacher, check_dataset_matches, distillation_windows, load_teacher
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +51,50 @@ class RewardModel(nn.Module):
 
     def forward(self, cond: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         return self.net(torch.cat([cond, action], dim=-1)).squeeze(-1)
+
+
+def discounted_returns(reward: np.ndarray, episode_ends: np.ndarray, discount: float) -> np.ndarray:
+    """Per step, sum_k discount^k reward[t + k] over the rest of its episode (discount 0: reward)."""
+    out = np.empty(len(reward), np.float64)
+    start = 0
+    for end in np.asarray(episode_ends, int):
+        acc = 0.0
+        for t in range(end - 1, start - 1, -1):
+            acc = float(reward[t]) + discount * acc
+            out[t] = acc
+        start = end
+    return out.astype(np.float32)
+
+
+def reward_windows(datasets: Sequence[str], spec, discount: float = 0.0):
+    """Windows of every episode of `datasets` (checked against `spec`), whose reward key holds
+    the reward model's target: the reward, or with discount > 0 the discounted return."""
+    from fastdp_ros.data import ReplayBuffer, WindowDataset
+
+    if not 0.0 <= discount < 1.0:
+        raise ConfigError(f"the reward discount must be in [0, 1), got {discount}")
+    buffers = {str(path): ReplayBuffer.open(path) for path in datasets}
+    for path, buffer in buffers.items():
+        if REWARD_KEY not in buffer:
+            raise DatasetError(f"RACTD needs the dataset's rewards; {path} has no '{REWARD_KEY}' array "
+                               f"(record one with `fastdp collect`)")
+        check_dataset_matches(buffer, spec)
+        if buffer.n_episodes == 0:
+            raise DatasetError(f"reward dataset {path} has no episodes")
+    # recorded before the simulation's step cost existed: no attribute, no cost
+    step_costs = {path: float(buffer.attrs.get("step_cost", 0.0)) for path, buffer in buffers.items()}
+    if len(set(step_costs.values())) > 1:
+        raise DatasetError(f"the reward datasets were recorded with different step costs {step_costs}: their "
+                           f"rewards do not compare; record the older ones again with `fastdp collect`")
+    keys = list(dict.fromkeys(list(spec.obs_keys) + [REWARD_KEY]))
+    sets = []
+    for buffer in buffers.values():
+        arrays = buffer.load_to_memory(keys + [spec.action_key])
+        arrays[REWARD_KEY] = discounted_returns(arrays[REWARD_KEY], buffer.episode_ends, discount)
+        arrays["episode_ends"] = buffer.episode_ends
+        sets.append(WindowDataset(arrays, keys, spec.action_key, spec.n_obs_steps, spec.horizon,
+                                  spec.n_action_steps))
+    return ConcatDataset(sets)
 
 
 def _reward_batch(teacher: Teacher, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -121,31 +169,32 @@ class RACTDDistillation(ConsistencyDistillation):
 
 def distill_ractd(teacher_path: str, dataset: str, out: str, config: ConsistencyConfig, settings,
                   reward_steps: int = 1000, resume: bool = False, half: bool = False,
-                  reward_model: nn.Module | None = None, reward_dataset: str | None = None):
+                  reward_model: nn.Module | None = None, reward_datasets: str | Sequence[str] | None = None,
+                  reward_discount: float = 0.0):
     """Fit the reward model (unless given), then distil the reward-aware student into `out`.
 
-    reward_dataset fits the reward model on other demonstrations than the student's (the same
-    observation spec): mixed-quality ones, where several actions were taken in similar states,
-    teach it how the reward depends on the action, which one expert's demonstrations cannot.
+    reward_datasets fit the reward model on other data than the student's demonstrations (the
+    same observation spec): mixed-quality data, where several actions were taken in similar
+    states (`fastdp collect --action-noise`, or rollouts of a policy with `--policy`), teaches
+    it how the reward depends on the action, which one expert's demonstrations cannot.
     """
     teacher = load_teacher(teacher_path, "edm", "RACTD")
-    buffer, train_set, val_set = distillation_windows(dataset, teacher.spec, seed=settings.seed,
-                                                      extra_keys=(REWARD_KEY,))
-    reward_buffer, reward_set = buffer, train_set
-    if reward_dataset is not None:
-        reward_buffer, reward_set, _ = distillation_windows(reward_dataset, teacher.spec, seed=settings.seed,
-                                                            extra_keys=(REWARD_KEY,))
-    if REWARD_KEY not in reward_buffer:
-        raise DatasetError(f"RACTD needs the dataset's rewards; {reward_dataset or dataset} has no "
-                           f"'{REWARD_KEY}' array (record one with `fastdp collect`)")
+    if isinstance(reward_datasets, (str, os.PathLike)):
+        reward_datasets = [reward_datasets]
+    own = not reward_datasets
+    sources = [str(d) for d in (reward_datasets or [dataset])]
+    # the reward data first: a dataset without rewards fails before the images are loaded
+    reward_set = reward_windows(sources, teacher.spec, reward_discount)
+    buffer, train_set, val_set = distillation_windows(dataset, teacher.spec, seed=settings.seed)
     if config.reward_weight <= 0:
         log.warning("RACTD with reward_weight %.2f is plain consistency distillation", config.reward_weight)
     stats: dict = {"reward_model": "given"}
     if reward_model is None:
         reward_model, stats = fit_reward_model(teacher, reward_set, reward_steps, settings.batch_size,
                                                seed=settings.seed)
-        if reward_dataset is not None:
-            stats["reward_dataset"] = os.path.abspath(reward_dataset)
+        stats["reward_discount"] = float(reward_discount)
+        if not own:
+            stats["reward_datasets"] = [os.path.abspath(d) for d in sources]
     module = RACTDDistillation(teacher, config, reward_model)
     return run_student_training(module, teacher, train_set, val_set, dataset, out, settings, resume, half,
                                 policy_type="ractd", extra_provenance=stats)

@@ -102,8 +102,13 @@ def extra_observation(obs: dict, info: dict, keys) -> dict:
 
 
 def evaluate_policy(policy, task: str, episodes: int, seed0: int = EVAL_SEED0, n_action_steps: int | None = None,
-                    show_progress: bool = True, env=None) -> EvalReport:
-    """Roll `policy` out for `episodes` episodes of `task` from seeds seed0, seed0 + 1, ..."""
+                    show_progress: bool = True, env=None, on_step=None, on_episode=None) -> EvalReport:
+    """Roll `policy` out for `episodes` episodes of `task` from seeds seed0, seed0 + 1, ...
+
+    on_step(obs, info, action, reward) sees every step: the observation and info the action
+    was chosen from, the action executed and the reward that followed; on_episode(result) sees
+    each finished episode's EpisodeResult (`fastdp collect --policy` records rollouts this way).
+    """
     from fastdp_ros.sim import STEP_COST, SUCCESS_BONUS, make_env
 
     spec = policy.spec
@@ -133,7 +138,10 @@ def evaluate_policy(policy, task: str, episodes: int, seed0: int = EVAL_SEED0, n
                 latencies.append(time.perf_counter() - t0)
                 calls += 1
                 for action in chunk[start:start + n_exec]:
+                    before = (obs, info)
                     obs, reward, terminated, truncated, info = env.step(action)
+                    if on_step is not None:
+                        on_step(*before, action, reward)
                     history.append(extra_observation(obs, info, keys))
                     ret += reward
                     steps += 1
@@ -144,6 +152,8 @@ def evaluate_policy(policy, task: str, episodes: int, seed0: int = EVAL_SEED0, n
             final = {k: float(v) for k, v in info.items()
                      if isinstance(v, (int, float, np.floating)) and not isinstance(v, bool)}
             results.append(EpisodeResult(seed, success, ret, steps, calls, final))
+            if on_episode is not None:
+                on_episode(results[-1])
     finally:
         if own_env:
             env.close()
