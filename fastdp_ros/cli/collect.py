@@ -60,6 +60,21 @@ def add_parser(sub) -> None:
     r.set_defaults(run=run_replay)
 
 
+def append_step(steps: dict[str, list], obs: dict, info: dict, action, reward: float, **extra) -> None:
+    """One recorded row: the observation and info the action was chosen from, the action executed
+    (plus `extra` per-step arrays) and the reward that followed."""
+    from fastdp_ros.sim import object_state
+
+    for k, v in obs.items():
+        steps.setdefault(k, []).append(v)
+    steps.setdefault("object_state", []).append(object_state(info))
+    steps.setdefault("action", []).append(np.asarray(action, np.float32))
+    for k, v in extra.items():
+        steps.setdefault(k, []).append(v)
+    steps.setdefault("timestamp", []).append(np.float64(info["time"]))
+    steps.setdefault("reward", []).append(np.float32(reward))
+
+
 def record_episode(env, seed: int, action_noise: float = 0.0) -> tuple[dict[str, np.ndarray], bool, float]:
     """Roll the task's scripted expert out from `seed`; returns per-step arrays, success, return.
 
@@ -67,7 +82,7 @@ def record_episode(env, seed: int, action_noise: float = 0.0) -> tuple[dict[str,
     (not the gripper's, the last one); the noisy action is the one executed and recorded, while
     action_cartesian keeps the expert's noise-free Cartesian command.
     """
-    from fastdp_ros.sim import make_expert, object_state
+    from fastdp_ros.sim import make_expert
 
     obs, info = env.reset(seed=seed)
     expert = make_expert(env.task_name, env, np.random.default_rng(seed))
@@ -79,14 +94,9 @@ def record_episode(env, seed: int, action_noise: float = 0.0) -> tuple[dict[str,
         if action_noise > 0:
             action = np.asarray(action, np.float64).copy()
             action[:-1] += noise_rng.normal(0.0, action_noise, size=action.shape[0] - 1)
-        for k, v in obs.items():
-            steps.setdefault(k, []).append(v)
-        steps.setdefault("object_state", []).append(object_state(info))
-        steps.setdefault("action", []).append(np.asarray(action, np.float32))
-        steps.setdefault("action_cartesian", []).append(np.asarray(action_cartesian, np.float32))
-        steps.setdefault("timestamp", []).append(np.float64(info.get("time", env.sim.time)))
+        before = (obs, info)
         obs, reward, terminated, truncated, info = env.step(action)
-        steps.setdefault("reward", []).append(np.float32(reward))
+        append_step(steps, *before, action, reward, action_cartesian=np.asarray(action_cartesian, np.float32))
         ret += float(reward)
         success = bool(info.get("success", False))
         if terminated or truncated:
@@ -98,18 +108,11 @@ class RolloutRecorder:
     """Writes a policy's rollouts (evaluate_policy's on_step / on_episode) as dataset episodes."""
 
     def __init__(self, buffer):
-        from fastdp_ros.sim import object_state
-
-        self.buffer, self.object_state = buffer, object_state
+        self.buffer = buffer
         self.steps: dict[str, list] = {}
 
     def on_step(self, obs, info, action, reward) -> None:
-        for k, v in obs.items():
-            self.steps.setdefault(k, []).append(v)
-        self.steps.setdefault("object_state", []).append(self.object_state(info))
-        self.steps.setdefault("action", []).append(np.asarray(action, np.float32))
-        self.steps.setdefault("timestamp", []).append(np.float64(info["time"]))
-        self.steps.setdefault("reward", []).append(np.float32(reward))
+        append_step(self.steps, obs, info, action, reward)
 
     def on_episode(self, result) -> None:
         data = {k: np.stack(v) for k, v in self.steps.items()}

@@ -185,7 +185,7 @@ def distill_ractd(teacher_path: str, dataset: str, out: str, config: Consistency
     sources = [str(d) for d in (reward_datasets or [dataset])]
     # the reward data first: a dataset without rewards fails before the images are loaded
     reward_set = reward_windows(sources, teacher.spec, reward_discount)
-    buffer, train_set, val_set = distillation_windows(dataset, teacher.spec, seed=settings.seed)
+    _, train_set, val_set = distillation_windows(dataset, teacher.spec, seed=settings.seed)
     if config.reward_weight <= 0:
         log.warning("RACTD with reward_weight %.2f is plain consistency distillation", config.reward_weight)
     stats: dict = {"reward_model": "given"}
