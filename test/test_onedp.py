@@ -174,3 +174,39 @@ def test_onnxruntime_engine_matches_eager(teacher, tmp_path, variant):
     assert engine.nfe == 1
     for sign in (1.0, -1.0):
         np.testing.assert_allclose(engine.act(obs_of(sign)), eager.act(obs_of(sign)), atol=1e-4)
+
+
+def test_analytic_kl_gradient_is_the_deterministic_variants(teacher):
+    """kl_gradient(analytic=True) of OneDP-S is OneDP-D's gradient for the same steps and noise."""
+    model_dir, _ = teacher
+    t = load_teacher(model_dir, "ddpm", "OneDP")
+    stochastic = OneDPDistillation(t, OneDPConfig(variant="s"))
+    deterministic = OneDPDistillation(t, OneDPConfig(variant="d"))
+    obs = {k: torch.from_numpy(np.repeat(v[None], 4, 0)) for k, v in obs_of(1.0).items()}
+    action, noise = torch.randn(4, 8, 8), torch.randn(4, 8, 8)
+    k = torch.tensor([2, 20, 50, 95])
+    analytic, _ = stochastic.kl_gradient(obs, action, k, noise, analytic=True)
+    expected, _ = deterministic.kl_gradient(obs, action, k, noise)
+    torch.testing.assert_close(analytic, expected)
+    learned, score_loss = stochastic.kl_gradient(obs, action, k, noise)
+    assert score_loss > 0 and not torch.allclose(learned, analytic)
+
+
+def test_probe_script_reports_spread_and_gradient_alignment(teacher, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    model_dir, dataset = teacher
+    out = tmp_path / "probe.json"
+    script = Path(__file__).resolve().parents[1] / "scripts" / "onedp_probe.py"
+    subprocess.run([sys.executable, str(script), "--teacher", str(model_dir), "--dataset", str(dataset),
+                    "--windows", "3", "--samples", "2", "--score-steps", "2", "--score-lr", "1e-3",
+                    "--draws", "2", "--batch-size", "8", "--out", str(out)], check=True, capture_output=True)
+    report = json.loads(out.read_text())
+    assert set(report["chunks"]) == {"teacher ddim-10", "teacher ddpm-100", "OneDP-S generator before training"}
+    assert all(np.isfinite(list(s.values())).all() for s in report["chunks"].values())
+    first, trained = report["kl_gradient"]
+    assert first["score_steps"] == 0 and first["score network"]["magnitude"] == 0.0  # starts as the teacher
+    assert trained["score_steps"] == 2 and trained["score network"]["magnitude"] > 0
+    assert first["analytic (OneDP-D)"]["magnitude"] > 0

@@ -32,7 +32,9 @@ def add_parser(sub) -> None:
     p.add_argument("--half", action="store_true", help="store fp16 weights")
     add_precision_argument(p)
     o = p.add_argument_group("OneDP")
-    o.add_argument("--variant", default="s", help="s: stochastic generator + score network | d: deterministic")
+    o.add_argument("--variant", default="s",
+                   help="s: stochastic generator + score network | d: deterministic (learns far faster from a "
+                        "nearly deterministic teacher, such as the shipped push teacher: models/README.md)")
     o.add_argument("--generator-lr", type=float, default=1e-6)
     o.add_argument("--score-lr", type=float, default=2e-5)
     o.add_argument("--t-init", type=int, default=65, help="fixed step the generator reads the network at")

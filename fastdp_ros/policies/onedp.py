@@ -145,18 +145,18 @@ class OneDPDistillation(FrozenTrainMode):
     def noise_input(self, like: torch.Tensor) -> torch.Tensor:
         return torch.randn_like(like) if self.config.variant == "s" else torch.zeros_like(like)
 
-    def forward(self, batch: dict) -> torch.Tensor:
-        obs = batch["obs"]
-        shape = batch["action"].shape
-        z = self.noise_input(torch.empty(shape, device=batch["action"].device))
-        action = self.generator(obs, z)  # normalized
-        b = shape[0]
-        k = torch.randint(self.config.k_min, self.config.k_max + 1, (b,), device=action.device)
-        noise = torch.randn_like(action)
+    def kl_gradient(self, obs: dict[str, torch.Tensor], action: torch.Tensor, k: torch.Tensor, noise: torch.Tensor,
+                    analytic: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(d KL_k / d action per sample, the score network's denoising loss) at steps k.
+
+        The sigma_k^2-weighted score difference at A_k = sqrt(abar_k) A + sigma_k noise, pulled
+        back to A: sigma_k sqrt(abar_k) (eps_teacher - eps_G). eps_G is the generator-score
+        network's estimate (OneDP-S) or, for OneDP-D or with `analytic`, the noise itself: the
+        exact score of a point mass at A."""
         noisy = self.chain.add_noise(action.detach(), noise, k)
         with torch.no_grad():
             eps_teacher = self.teacher.unet(noisy, k.float(), self.teacher.encode(obs))
-        if self.score is not None:
+        if self.score is not None and not analytic:
             eps_score = self.score.unet(noisy, k.float(), self.score.encode(obs))
             score_loss = nn.functional.mse_loss(eps_score, noise)
             eps_generator = eps_score.detach()
@@ -165,7 +165,18 @@ class OneDPDistillation(FrozenTrainMode):
             eps_generator = noise
         sqrt_abar = self.chain.sqrt_alphas_cumprod[k].view(-1, 1, 1)
         sigma = self.chain.sqrt_one_minus_alphas_cumprod[k].view(-1, 1, 1)
-        grad = sigma * sqrt_abar * (eps_teacher - eps_generator)
+        return sigma * sqrt_abar * (eps_teacher - eps_generator), score_loss
+
+    def sample_steps(self, batch_size: int, device) -> torch.Tensor:
+        return torch.randint(self.config.k_min, self.config.k_max + 1, (batch_size,), device=device)
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        obs = batch["obs"]
+        shape = batch["action"].shape
+        z = self.noise_input(torch.empty(shape, device=batch["action"].device))
+        action = self.generator(obs, z)  # normalized
+        b = shape[0]
+        grad, score_loss = self.kl_gradient(obs, action, self.sample_steps(b, action.device), torch.randn_like(action))
         # A surrogate whose gradient w.r.t. the action is `grad` (summed per sample).
         target = (action - grad).detach()
         generator_loss = 0.5 * ((action - target) ** 2).sum() / b
