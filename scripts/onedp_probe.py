@@ -41,6 +41,7 @@ def main(argv=None) -> int:
     from fastdp_ros.policies import load_policy
     from fastdp_ros.policies.distill import distillation_windows, load_teacher, trainable
     from fastdp_ros.policies.onedp import OneDPConfig, OneDPDistillation
+    from fastdp_ros.policies.training import _infinite
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--teacher", required=True)
@@ -92,14 +93,9 @@ def main(argv=None) -> int:
 
     loader = torch.utils.data.DataLoader(train_set, batch_size=args.batch_size, shuffle=True, drop_last=True)
 
-    def batches():
-        while True:
-            yield from loader
-
     for score_lr in args.score_lr:
         torch.manual_seed(args.seed)
         module = OneDPDistillation(teacher, OneDPConfig(variant="s"))
-        module.train()
         module.generator.eval()
         module.score.eval()  # center crop, as the teacher sees the image: at step 0 they agree exactly
         opt = torch.optim.AdamW(trainable(module.score), lr=score_lr, betas=module.config.betas, weight_decay=1e-6)
@@ -123,7 +119,7 @@ def main(argv=None) -> int:
             print(json.dumps(row), flush=True)
 
         measure(0)
-        data = batches()
+        data = _infinite(loader, None)
         for step in range(1, max(args.score_steps) + 1):
             b = next(data)
             with torch.no_grad():
