@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import fastdp_ros
 from fastdp_ros.engines.base import Backend, Runner, default_threads
 from fastdp_ros.engines.onnx_rewrite import REWRITES_VERSION, onnx_friendly
 from fastdp_ros.errors import ConfigError
@@ -80,14 +81,27 @@ def export_onnx(graph: ExportGraph, path: Path, opset: int = OPSET) -> None:
         torch.onnx.export(module, args, str(path), dynamo=False, opset_version=opset,
                           input_names=list(graph.input_names), output_names=[graph.output_name],
                           do_constant_folding=True)
-    # a TracerWarning from our own code means the traced graph may not generalize: say so
-    for w in caught:
-        if issubclass(w.category, torch.jit.TracerWarning) and "fastdp_ros" in str(w.filename):
-            log.warning("ONNX export: %s (%s:%s)", w.message, w.filename, w.lineno)
+    # a TracerWarning from our own code means the traced graph may not generalize: say so, once
+    # per place; torch's own warnings (from wherever its installation is) are not the user's concern
+    ours = {(str(w.message), w.filename, w.lineno) for w in caught
+            if issubclass(w.category, torch.jit.TracerWarning) and _in_package(w.filename)}
+    for message, filename, lineno in sorted(ours):
+        log.warning("ONNX export: %s (%s:%s)", message, filename, lineno)
     try:
         onnx.checker.check_model(str(path))
     except onnx.checker.ValidationError as e:
         raise ConfigError(f"the exported ONNX graph is invalid: {e}") from None
+
+
+def _in_package(filename: str) -> bool:
+    """Whether a file is part of fastdp_ros (not of a library, even one installed inside the clone)."""
+    try:
+        return Path(filename).resolve().is_relative_to(PACKAGE_DIR)
+    except (OSError, ValueError):
+        return False
+
+
+PACKAGE_DIR = Path(fastdp_ros.__file__).resolve().parent
 
 
 class OrtRunner:
@@ -109,8 +123,9 @@ class OnnxRuntimeBackend(Backend):
     Options:
       provider  cpu | cuda | tensorrt (default: cuda on a CUDA device, else cpu); fp16 is
                 available through the TensorRT provider only
-      threads   intra-op threads (default: default_threads(), the usable CPUs up to 4)
-    Graph optimization level ALL; one inter-op thread (the graph is one sequential chain).
+      threads   intra-op threads (default: default_threads(), half the usable CPUs, 1 to 4)
+    Graph optimization level ALL; one inter-op thread (the graph is one sequential chain); idle
+    threads do not spin.
     """
 
     name = "onnxruntime"
@@ -170,6 +185,9 @@ class OnnxRuntimeBackend(Backend):
         so.intra_op_num_threads = self.intra_op_threads
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        # idle pool threads sleep instead of spinning: on a shared CPU, spinning takes the cores
+        # the other threads of the same call are waiting for (fastdp_ros.hardware)
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         session = ort.InferenceSession(str(engine_path), so, providers=self._providers(engine_path))
         wanted = PROVIDERS[self.provider][0]
         if wanted not in session.get_providers():
