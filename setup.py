@@ -1,8 +1,11 @@
 """fastdp_ros: an ament_python ROS 2 package that also installs with pip outside ROS.
 
 `colcon build` installs launch/, config/ and models/ into share/fastdp_ros; `pip install -e .`
-gives the `fastdp` command without ROS. torch is required as a range on purpose: install the
-build you want first (CPU or CUDA, see scripts/setup_env.sh); a satisfied range installs nothing.
+gives the `fastdp` command without ROS. torch is not in install_requires on purpose: on Linux,
+PyPI's torch is the CUDA build (gigabytes of nvidia-* wheels), so a CPU machine would download
+CUDA. Install the build you want first: the CPU one with `pip install -r requirements-torch-cpu.txt`
+(what scripts/setup_env.sh does without an NVIDIA GPU), or your CUDA build; `fastdp` says so
+when torch is missing.
 """
 
 import os
@@ -38,12 +41,11 @@ setup(
     ],
     install_requires=[
         "numpy>=1.24",
-        "mujoco>=3.2",
+        "mujoco>=3.3.6",  # MjSpec.delete (3.3.4), no repeated-asset error on the Panda's meshes (3.3.6)
         "gymnasium-robotics>=1.2",  # only for its Franka Panda model files
         "zarr>=2.16",
         "safetensors>=0.4",
         "tqdm>=4.60",
-        "torch>=2.1",
         "onnx>=1.15",
         "onnxruntime>=1.17",
         "faiss-cpu>=1.7.4",  # retrieval (RAGDP, ALT) and the OOD monitor; GPU users may swap in faiss-gpu

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create (or refresh) the project's virtual environment and install fastdp_ros into it.
 #
-#   scripts/setup_env.sh [extras]        e.g. scripts/setup_env.sh dev
+#   scripts/setup_env.sh [extras]        e.g. scripts/setup_env.sh dev   or   dev,ros
 #
 # - Python: the first of $PYTHON, python3.12, python3.11, python3.10, python3 that is 3.10-3.12.
 # - System packages (Debian/Ubuntu, only when missing): pythonX.Y-venv, and the EGL/Mesa
@@ -9,15 +9,21 @@
 # - PyTorch: an existing torch in the environment is kept (bring your own CUDA build:
 #   create .venv, install it, then run this). Otherwise: $FASTDP_TORCH if set (a pip
 #   requirement, e.g. "torch==2.13.0"), else the CUDA build on a machine with an NVIDIA
-#   driver, else the CPU build torch==2.13.0 (from $FASTDP_TORCH_INDEX when set, e.g.
-#   PyTorch's CPU wheel index on machines whose default index only has the CUDA build).
-#   The installed version is then pinned as a constraint so nothing upgrades it.
+#   driver, else the CPU build from requirements-torch-cpu.txt: torch==2.13.0+cpu, a version
+#   only PyTorch's CPU index (or a local wheel) carries, so no CUDA wheel can be resolved
+#   ($FASTDP_TORCH_INDEX: a mirror of that index). fastdp_ros itself does not require torch
+#   (setup.py), so installing it never replaces the build chosen here. The installed version
+#   is pinned as a constraint so that no extra upgrades it.
 # - Re-running is cheap: nothing is reinstalled unless setup.py or the extras changed.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${FASTDP_VENV:-$ROOT/.venv}"
 EXTRAS="${1:-}"
+EXTRAS="${EXTRAS// /}"  # "dev, ros" -> "dev,ros"
+if [[ ! "$EXTRAS" =~ ^[A-Za-z0-9_-]*(,[A-Za-z0-9_-]+)*$ ]]; then
+    echo "[setup] extras must be a comma-separated list of names (e.g. dev,ros), got '$1'" >&2; exit 2
+fi
 
 log() { echo "[setup] $*" >&2; }
 
@@ -36,7 +42,8 @@ apt_install() {
 pick_python() {
     for py in ${PYTHON:-} python3.12 python3.11 python3.10 python3; do
         command -v "$py" >/dev/null 2>&1 || continue
-        if "$py" -c 'import sys; sys.exit(not ((3, 10) <= sys.version_info[:2] <= (3, 12)))'; then
+        # quiet: a pyenv shim exists for every version and complains about those not installed
+        if "$py" -c 'import sys; sys.exit(not ((3, 10) <= sys.version_info[:2] <= (3, 12)))' 2>/dev/null; then
             echo "$py"; return 0
         fi
     done
@@ -69,18 +76,31 @@ if ! "$VPY" -c 'import torch' >/dev/null 2>&1; then
         log "NVIDIA driver found: installing the CUDA build of torch"
         "${PIP[@]}" install torch
     else
-        log "no GPU: installing the CPU build torch==2.13.0"
-        "${PIP[@]}" install ${FASTDP_TORCH_INDEX:+--index-url "$FASTDP_TORCH_INDEX"} "torch==2.13.0"
+        log "no NVIDIA GPU: installing PyTorch's CPU build (requirements-torch-cpu.txt)"
+        RETRIES=()
+        if ! "$VPY" - <<'PY' 2>/dev/null; then
+import urllib.request
+urllib.request.urlopen("https://download.pytorch.org/whl/cpu/torch/", timeout=10)
+PY
+            # an unreachable index costs five retries per package; only a local wheel can serve now
+            log "PyTorch's CPU index is not reachable: looking for torch+cpu in the other configured sources"
+            RETRIES=(--retries 0)
+        fi
+        "${PIP[@]}" install "${RETRIES[@]}" ${FASTDP_TORCH_INDEX:+--extra-index-url "$FASTDP_TORCH_INDEX"} \
+            -r "$ROOT/requirements-torch-cpu.txt"
     fi
 fi
-TORCH_VERSION="$("$VPY" -c 'import torch; print(torch.__version__.split("+")[0])')"
+# from the package metadata: importing torch before numpy is installed prints a warning
+TORCH_VERSION="$("$VPY" -c 'from importlib.metadata import version; print(version("torch").split("+")[0])')"
 CONSTRAINTS="$VENV/fastdp-constraints.txt"
 echo "torch==$TORCH_VERSION" >"$CONSTRAINTS"
 
 STAMP="$VENV/.fastdp-installed-${EXTRAS:-base}"
+STAMP="${STAMP//,/+}"  # dev,ros -> .fastdp-installed-dev+ros
 WANT="$(cat "$ROOT/setup.py" "$CONSTRAINTS" | sha256sum | cut -c1-16)"
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
     log "installing fastdp_ros${EXTRAS:+[$EXTRAS]} (torch $TORCH_VERSION kept)"
     "${PIP[@]}" install -c "$CONSTRAINTS" -e "$ROOT${EXTRAS:+[$EXTRAS]}"
     echo "$WANT" >"$STAMP"
+    log "ready: the fastdp command is $VENV/bin/fastdp (\`source $VENV/bin/activate\` puts it on PATH)"
 fi
