@@ -157,7 +157,7 @@ def test_fastdp_run_writes_statistics(dp_model, tmp_path, one_torch_thread):
     stats_path = tmp_path / "out" / "stats.json"
     video = tmp_path / "out" / "run.gif"
     rc = main(["run", str(dp_model), "--duration", "1.5", "--stats", str(stats_path), "--video", str(video),
-               "--camera-rate", "10", "--no-status", "--torch-threads", "1"])
+               "--camera-rate", "10", "--no-status", "--threads", "1"])
     assert rc == 0
     stats = json.loads(stats_path.read_text())
     assert stats["task"] == "reach" and stats["policy_type"] == "dp" and stats["backend"] == "torch"

@@ -23,6 +23,10 @@ def _names(text: str) -> list[str]:
     return [v.strip() for v in text.split(",") if v.strip()]
 
 
+def _loads(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v.strip()]
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser("bench", help="act() latency / re-plan rate / memory of models x backends: JSON, Markdown, PNG",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -36,6 +40,9 @@ def add_parser(sub) -> None:
     p.add_argument("--out", required=True, help="folder for bench.json, bench.md, bench.png")
     p.add_argument("--eval", nargs="*", default=[], help="`fastdp eval --out` reports to take success rates from")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--load", type=_loads, default=[0], metavar="N[,N...]",
+                   help="run every row beside N busy competing processes (one core's worth each), once per N: "
+                        "0,2 measures quiet and loaded p99")
     p.add_argument("--in-process", action="store_true",
                    help="run every row in this process instead of a fresh one per row (faster start; an "
                         "engine export in the process slows the eager rows after it)")
@@ -65,6 +72,8 @@ def command_line(args) -> str:
         value = getattr(args, flag)
         if value is not None and not (flag == "device" and value == "cpu") and not (flag == "seed" and value == 0):
             argv += [f"--{flag}", str(value)]
+    if args.load != [0]:
+        argv += ["--load", ",".join(str(n) for n in args.load)]
     if args.in_process:
         argv += ["--in-process"]
     if args.eval:
@@ -75,28 +84,30 @@ def command_line(args) -> str:
 def run(args) -> int:
     import torch
 
-    from fastdp_ros.engines import BACKENDS, default_threads
+    from fastdp_ros.engines import BACKENDS
     from fastdp_ros.engines.bench import run_bench
     from fastdp_ros.engines.report import write_reports
+    from fastdp_ros.hardware import configure_threads
 
     unknown = [b for b in args.backend if b not in BACKENDS]
     if unknown or not args.backend:
         raise ConfigError(f"unknown backend(s) {unknown}; known backends: {', '.join(BACKENDS)}")
     if args.calls < 1 or args.warmup < 0:
         raise ConfigError(f"--calls must be >= 1 and --warmup >= 0, got {args.calls} and {args.warmup}")
+    if not args.load or any(n < 0 for n in args.load):
+        raise ConfigError(f"--load takes numbers of busy processes >= 0 (e.g. 0,2), got {args.load}")
     if args.calls < 200:
         log.warning("p99 from %d calls is noisy; use --calls 200 or more for numbers to report", args.calls)
     eval_rates = read_eval_reports(args.eval)
     # the same intra-op threads for every backend, so the comparison is between engines, not thread counts
-    threads = args.threads or default_threads()
     previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
+    threads = configure_threads(args.threads)
     try:
         options = {**engine_options(args, ""), "threads": threads}
         per_backend = {"onnxruntime": {"provider": args.provider}} if args.provider else None
         report = run_bench(args.models, args.backend, calls=args.calls, warmup=args.warmup, seed=args.seed,
                            eval_reports=eval_rates, backend_options=per_backend,
-                           isolate=not args.in_process, **options)
+                           isolate=not args.in_process, loads=tuple(args.load), **options)
     finally:
         torch.set_num_threads(previous)
     report["command"] = command_line(args)
@@ -106,8 +117,12 @@ def run(args) -> int:
             log.warning("%s / %s: not run: %s", row["name"], row["backend"], row["error"])
         else:
             lat = row["latency_ms"]
-            log.info("%s / %s: p50 %.2f ms, p99 %.2f ms (%.0f Hz), %.2fx", row["name"], row["description"],
-                     lat["p50"], lat["p99"], row["replan_hz"], row["speedup"])
+            log.info("%s / %s%s: p50 %.2f ms, p99 %.2f ms (%.0f Hz), %.2fx", row["name"], row["description"],
+                     f" (load {row['load']})" if row["load"] else "", lat["p50"], lat["p99"], row["replan_hz"],
+                     row["speedup"])
+    for c in report.get("contention", []):
+        log.info("%s / %s: p99 %.2f ms beside %d busy process(es), %.2fx the quiet %.2f ms", c["name"], c["backend"],
+                 c["p99_ms"], c["load"], c["p99_ratio"], c["quiet_p99_ms"])
     log.info("wrote %s", ", ".join(str(p) for p in paths.values()))
     if all(row["error"] for row in report["rows"]):
         raise ConfigError("no model/backend pair could be run: " + "; ".join(

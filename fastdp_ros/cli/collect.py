@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from fastdp_ros.cli.options import add_threads_argument
 from fastdp_ros.errors import ConfigError, DatasetError
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ def add_parser(sub) -> None:
     p.add_argument("--sampler", default=None, help="with --policy: the model's sampler (as in `fastdp eval`)")
     p.add_argument("--steps", type=int, default=None, help="with --policy: its sampling steps")
     p.add_argument("--overwrite", action="store_true", help="replace an existing store at --out")
+    add_threads_argument(p)
     p.set_defaults(run=run_collect)
 
     r = sub.add_parser("replay", help="replay a dataset's recorded actions in the simulation",
@@ -125,9 +127,11 @@ def collect_rollouts(args) -> int:
     """`fastdp collect --policy MODEL`: the model's closed-loop rollouts, every episode kept."""
     from fastdp_ros.cli.eval import load_rollout_policy
     from fastdp_ros.data import ReplayBuffer
+    from fastdp_ros.hardware import configure_threads
     from fastdp_ros.runtime.evaluate import cameras_of, evaluate_policy
     from fastdp_ros.sim import make_env
 
+    configure_threads(args.threads)
     policy, task, _, options = load_rollout_policy(args.policy, args.task, args.sampler, args.steps)
     spec = policy.spec
     h, w, _ = spec.image_shape if spec.image_keys else (96, 96, 3)
@@ -154,13 +158,16 @@ def run_collect(args) -> int:
 
     if args.episodes < 1:
         raise ConfigError(f"--episodes must be >= 1, got {args.episodes}")
+    out = Path(args.out)
+    if (out.exists() or out.is_symlink()) and not args.overwrite:
+        raise ConfigError(f"--out {out} already exists; pass --overwrite to replace it, or choose another path")
     if args.policy is not None:
         if args.action_noise or args.keep_failed or args.no_images:
             raise ConfigError("--action-noise, --keep-failed and --no-images are options of the scripted expert; "
                               "--policy rollouts keep every episode and record what the model observes")
         return collect_rollouts(args)
     if args.rate <= 0:
-        raise ConfigError(f"--rate must be > 0, got {args.rate}")
+        raise ConfigError(f"--rate must be > 0 Hz, got {args.rate}")
     if not np.isfinite(args.action_noise) or args.action_noise < 0:
         raise ConfigError(f"--action-noise must be a finite std >= 0, got {args.action_noise}")
     env = make_env(args.task, image_size=args.image_size, cameras=args.cameras,

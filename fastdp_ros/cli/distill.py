@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from fastdp_ros.cli.train import add_precision_argument
+from fastdp_ros.cli.train import add_precision_argument, settings_options
 from fastdp_ros.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -21,9 +21,9 @@ def add_parser(sub) -> None:
     p.add_argument("--dataset", required=True, help="dataset the observations come from (the teacher's)")
     p.add_argument("--out", required=True, help="model directory to write")
     p.add_argument("--steps", type=int, default=1000, help="optimizer steps")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--warmup-steps", type=int, default=0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=64, help="windows per optimizer step")
+    p.add_argument("--warmup-steps", type=int, default=0, help="linear learning-rate warm-up steps")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initialization and the batches")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--val-every", type=int, default=500)
@@ -62,7 +62,7 @@ def run(args) -> int:
         raise ConfigError(f"`fastdp distill` knows {', '.join(DISTILLERS)}; got --policy {args.policy!r}")
     settings = TrainSettings(steps=args.steps, batch_size=args.batch_size, warmup_steps=max(1, args.warmup_steps),
                              val_every=args.val_every, ckpt_every=args.ckpt_every, seed=args.seed,
-                             device=args.device, num_workers=args.num_workers, precision=args.precision)
+                             device=args.device, num_workers=args.num_workers, **settings_options(args))
     if args.policy == "onedp":
         from fastdp_ros.policies.onedp import OneDPConfig, distill_onedp
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fastdp_ros.cli.options import add_threads_argument
 from fastdp_ros.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,7 @@ def add_parser(sub) -> None:
     p.add_argument("--steps", type=int, default=None, help="sampling steps (ddim / edm)")
     p.add_argument("--n-action-steps", type=int, default=None, help="actions executed per chunk")
     p.add_argument("--device", default="cpu")
+    add_threads_argument(p)
     p.set_defaults(run=run)
 
 
@@ -66,11 +68,13 @@ def load_rollout_policy(model: str, task: str | None = None, sampler: str | None
 
 
 def run(args) -> int:
+    from fastdp_ros.hardware import configure_threads
     from fastdp_ros.policies import read_config
     from fastdp_ros.runtime.evaluate import evaluate_policy
 
     if args.episodes < 1:
         raise ConfigError(f"--episodes must be >= 1, got {args.episodes}")
+    configure_threads(args.threads)
     check_seed_overlap(read_config(args.model), args.seed0, args.episodes)
     policy, task, config, options = load_rollout_policy(args.model, args.task, args.sampler, args.steps, args.device)
     report = evaluate_policy(policy, task, args.episodes, seed0=args.seed0, n_action_steps=args.n_action_steps)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 
+from fastdp_ros.cli.options import add_threads_argument
+
 log = logging.getLogger(__name__)
 
 
@@ -14,8 +16,7 @@ def add_engine_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default=None, help="fp32 | fp16 (default: the backend's; tensorrt: fp16)")
     p.add_argument("--provider", default=None,
                    help="onnxruntime execution provider: cpu | cuda | tensorrt (default: from --device)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="intra-op threads (onnxruntime; bench also sets torch's) (default: usable CPUs, at most 4)")
+    add_threads_argument(p)
     p.add_argument("--sampler", default=None, help="dp: ddpm | ddim | edm (default: the model's)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (ddim / edm)")
     p.add_argument("--cache-dir", default=None, help="engine cache folder (default: MODEL/engines)")
@@ -48,7 +49,9 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from fastdp_ros.engines import load_engine_policy
+    from fastdp_ros.hardware import configure_threads
 
+    args.threads = configure_threads(args.threads)
     policy = load_engine_policy(args.model, args.backend, rebuild=args.rebuild, warmup=1,
                                 **engine_options(args, args.backend))
     info = policy.info

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from fastdp_ros.cli.options import add_threads_argument
 from fastdp_ros.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ def add_parser(sub) -> None:
     p.add_argument("--max-episodes", type=int, default=None, help="index only the first N usable episodes")
     p.add_argument("--batch-size", type=int, default=256, help="frames embedded per batch")
     p.add_argument("--device", default="cpu")
+    add_threads_argument(p, "training")
     p.set_defaults(run=run)
 
 
@@ -51,8 +53,11 @@ def run(args) -> int:
     if args.policy not in INDEXABLE:
         raise ConfigError(f"`fastdp index` builds {', '.join(INDEXABLE)} models; got --policy {args.policy!r} "
                           "(ALT builds its table during `fastdp train --policy alt`)")
+    from fastdp_ros.hardware import configure_threads
     from fastdp_ros.policies.ragdp import RAGDPConfig, RAGDPPolicy, build_ragdp, parse_leap_ratio
     from fastdp_ros.retrieval import IndexConfig
+
+    configure_threads(args.threads, role="training")
 
     index = IndexConfig(kind=args.index_kind, metric=args.metric, encoding=args.encoding, nlist=args.nlist,
                         nprobe=args.nprobe)

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import logging
 import sys
 
 from fastdp_ros import __version__
+from fastdp_ros.console import configure_logging
 from fastdp_ros.errors import FastDPError
 
 log = logging.getLogger("fastdp")
@@ -36,13 +38,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if importlib.util.find_spec("torch") is None:
+        # not in install_requires (PyPI's Linux torch is the CUDA build): see setup.py
+        print("fastdp: PyTorch is not installed; install the CPU build with `pip install -r "
+              "requirements-torch-cpu.txt` (or run scripts/setup_env.sh), or your CUDA build", file=sys.stderr)
+        return 2
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    configure_logging(logging.DEBUG if args.verbose else logging.INFO)
     try:
         return int(args.run(args) or 0)
     except FastDPError as e:

@@ -12,12 +12,12 @@ import argparse
 import json
 import logging
 import math
-import os
 import sys
 import time
 from collections import deque
 from pathlib import Path
 
+from fastdp_ros.cli.options import add_threads_argument
 from fastdp_ros.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -51,9 +51,7 @@ def add_parser(sub) -> None:
     p.add_argument("--sampler", default=None, help="dp: ddpm | ddim | edm; when omitted, the model's")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (ddim / edm)")
     p.add_argument("--device", default="cpu", help="torch device for inference")
-    p.add_argument("--torch-threads", type=int, default=None,
-                   help="intra-op threads for inference (torch and onnxruntime); when omitted, all cores but "
-                        "one (kept for the loop)")
+    add_threads_argument(p)
     p.add_argument("--ood-dataset", default=None,
                    help="enable the OOD monitor: training embeddings and threshold from this dataset")
     p.add_argument("--ood-model", default=None,
@@ -108,19 +106,21 @@ def _jsonable(x):
 
 
 def run(args) -> int:
+    from fastdp_ros.hardware import check_threads, configure_threads
     from fastdp_ros.policies import read_config
     from fastdp_ros.runtime.evaluate import cameras_of, extra_observation, stack_history
     from fastdp_ros.runtime.loop import SIM_WORKSPACE, LoopConfig, VideoRecorder, run_closed_loop
     from fastdp_ros.runtime.runner import PolicyRunner, RunnerConfig, default_loader, resolve_loader, warm_up
 
+    if not (math.isfinite(args.rate) and args.rate > 0):
+        raise ConfigError(f"--rate must be > 0 Hz, got {args.rate}")
     loop_config = LoopConfig(rate=args.rate, camera_rate=args.camera_rate, joint_rate=args.joint_rate,
                              episodes=args.episodes, duration_s=args.duration, seed0=args.seed0)
     for name in ("crossfade_ms", "deadline_ms"):
         v = getattr(args, name)
         if v is not None and not (math.isfinite(v) and v >= 0):
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {v}")
-    if args.torch_threads is not None and args.torch_threads < 1:
-        raise ConfigError(f"--torch-threads must be >= 1, got {args.torch_threads}")
+    check_threads(args.threads)
     runner_config = RunnerConfig(rate=args.rate, blend=args.blend,
                                  crossfade_s=None if args.crossfade_ms is None else args.crossfade_ms / 1e3,
                                  deadline_s=None if args.deadline_ms is None else args.deadline_ms / 1e3,
@@ -140,12 +140,9 @@ def run(args) -> int:
     if args.steps is not None:
         options["steps"] = args.steps
 
-    import torch
-
-    threads = args.torch_threads or max(1, (os.cpu_count() or 2) - 1)
-    torch.set_num_threads(threads)
+    threads = configure_threads(args.threads)
     if args.backend == "onnxruntime":
-        options["threads"] = threads  # leave a core for the loop, like torch
+        options["threads"] = threads
     loader = default_loader()
     policy = resolve_loader(loader, args.backend)(args.model, **options)
     spec = policy.spec

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from fastdp_ros.cli.options import add_threads_argument
 from fastdp_ros.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -21,10 +22,29 @@ def _keys(text: str) -> tuple[str, ...]:
 
 
 def add_precision_argument(p) -> None:
-    """`--precision`, shared by `fastdp train` and `fastdp distill` (TrainSettings.precision)."""
+    """`--precision` and `--threads`, shared by `fastdp train` and `fastdp distill` (TrainSettings)."""
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
                    help="bf16: bfloat16 autocast of the forward pass (weights stay fp32); ~1.5x faster "
-                        "on CPUs with AMX / AVX512-BF16 and on recent GPUs")
+                        "on CPUs with AMX / AVX512-BF16 and on recent GPUs. Without such hardware bf16 is "
+                        "emulated and slower: the run falls back to fp32 with a warning (recorded in the "
+                        "model's provenance)")
+    add_threads_argument(p, "training")
+
+
+def settings_options(args) -> dict:
+    """The TrainSettings fields the machine decides: threads set now, the precision that runs here."""
+    from fastdp_ros.hardware import configure_threads, resolve_precision
+
+    configure_threads(args.threads, role="training")
+    return {"precision": resolve_precision(args.precision, args.device)}
+
+
+def warmup_steps(args) -> int:
+    """--warmup-steps, shortened to a tenth of a run too short for it (else the run ends mid-warm-up)."""
+    steps = min(args.warmup_steps, max(1, args.steps // 10))
+    if steps < args.warmup_steps:
+        log.info("warm-up shortened from %d to %d steps (a tenth of --steps %d)", args.warmup_steps, steps, args.steps)
+    return steps
 
 
 def add_parser(sub) -> None:
@@ -34,10 +54,12 @@ def add_parser(sub) -> None:
     p.add_argument("--dataset", required=True, help="zarr dataset from `fastdp collect`")
     p.add_argument("--out", required=True, help="model directory to write")
     p.add_argument("--steps", type=int, default=20000, help="optimizer steps")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--warmup-steps", type=int, default=500)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=64, help="windows per optimizer step")
+    p.add_argument("--lr", type=float, default=1e-4,
+                   help="peak learning rate (AdamW): linear warm-up to it, then cosine decay to 0 at --steps")
+    p.add_argument("--warmup-steps", type=int, default=500,
+                   help="linear warm-up steps, at most a tenth of --steps")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initialization, the split and the batches")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     p.add_argument("--num-workers", type=int, default=0, help="data loader worker processes")
     p.add_argument("--val-every", type=int, default=1000)
@@ -101,10 +123,9 @@ def run(args) -> int:
         num_inference_steps=args.num_inference_steps or (18 if edm else 100),
         batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps,
     )
-    settings = TrainSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                             warmup_steps=min(args.warmup_steps, max(1, args.steps // 10)),
+    settings = TrainSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=warmup_steps(args),
                              val_every=args.val_every, ckpt_every=args.ckpt_every, seed=args.seed,
-                             device=args.device, num_workers=args.num_workers, precision=args.precision)
+                             device=args.device, num_workers=args.num_workers, **settings_options(args))
     result = train_diffusion_policy(
         args.dataset, args.out, config, settings, image_keys=args.image_keys, lowdim_keys=args.lowdim_keys,
         horizon=args.horizon, n_obs_steps=args.n_obs_steps, n_action_steps=args.n_action_steps,
@@ -124,10 +145,9 @@ def run_alt(args) -> int:
     config = ALTConfig(image_size=args.alt_image_size, embed_dim=args.embed_dim, temperature=args.temperature,
                        holdout_ratio=args.holdout_ratio, ood_quantile=args.ood_quantile,
                        index_encoding=args.index_encoding)
-    settings = TrainSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                             warmup_steps=min(args.warmup_steps, max(1, args.steps // 10)),
+    settings = TrainSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=warmup_steps(args),
                              val_every=args.val_every, ckpt_every=args.ckpt_every, seed=args.seed,
-                             device=args.device, num_workers=args.num_workers, precision=args.precision)
+                             device=args.device, num_workers=args.num_workers, **settings_options(args))
     summary = train_alt(
         args.dataset, args.out, config, settings, image_keys=args.image_keys, lowdim_keys=args.lowdim_keys,
         horizon=args.horizon, n_obs_steps=args.n_obs_steps, n_action_steps=args.n_action_steps,

@@ -14,7 +14,6 @@ used; a missing one is a ConfigError that says what to install.
 from __future__ import annotations
 
 import abc
-import os
 from pathlib import Path
 from typing import Callable, ClassVar
 
@@ -23,25 +22,13 @@ import torch
 
 import fastdp_ros
 from fastdp_ros.errors import ConfigError
+from fastdp_ros.hardware import inference_threads as default_threads  # noqa: F401  (the engines' default)
 from fastdp_ros.policies.base import ExportGraph
 
 #: runner(inputs) -> action chunk (1, horizon, action_dim); inputs in ExportGraph.input_names order
 Runner = Callable[[list[np.ndarray]], np.ndarray]
 
 PRECISIONS = ("fp32", "fp16")
-
-
-def default_threads() -> int:
-    """Intra-op threads for CPU inference: the CPUs this process may use, at most 4.
-
-    Batch-1 policy graphs gain little beyond a few threads, and the computer beside a robot
-    also runs camera drivers and ROS; more threads there mostly add spin-waiting.
-    """
-    try:
-        n = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        n = os.cpu_count() or 1
-    return max(1, min(4, n))
 
 
 def check_device(device: str) -> str:

@@ -10,10 +10,15 @@ loaded but not earlier rows' models, which are released first.
 `fastdp bench` runs every row in a fresh process (isolate=True): an engine export earlier in the
 same process was measured to slow the eager torch rows after it (1.3x after a DDIM-10 export,
 about 2x after the 100-step DDPM one), which inflated every later speedup.
+
+A robot computer is never idle: `loads` repeats every row with N busy competing processes (pure
+spinning, one core's worth each) running beside it, and the report compares each row's p99 with
+its quiet one (`contention`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import multiprocessing
@@ -28,8 +33,10 @@ import numpy as np
 import torch
 
 import fastdp_ros
+from fastdp_ros.console import configure_logging, own_level
 from fastdp_ros.engines.policy import load_engine_policy
 from fastdp_ros.errors import ConfigError, FastDPError
+from fastdp_ros.hardware import usable_cpus
 from fastdp_ros.policies.spec import PolicySpec
 
 log = logging.getLogger(__name__)
@@ -65,6 +72,7 @@ class BenchRow:
     parity_max_abs_diff: float | None = None
     parity_tolerance: float | None = None
     success_rate: float | None = None  # from an evaluation report of this model, when given
+    load: int = 0  # busy competing processes running during the row
     error: str | None = None
 
     def to_dict(self) -> dict:
@@ -189,8 +197,7 @@ def bench_one(model_dir: str | os.PathLike, backend: str, calls: int = 200, warm
 def _bench_one_isolated(model_dir: str, backend: str, log_level: int, threads: int | None, kwargs: dict) -> BenchRow:
     """bench_one in a fresh (spawned) process, with the parent's torch threads and log level."""
     if not logging.getLogger().handlers:
-        logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                            datefmt="%H:%M:%S")
+        configure_logging(log_level)
     if threads:
         torch.set_num_threads(threads)
     return bench_one(model_dir, backend, **kwargs)
@@ -202,10 +209,55 @@ def bench_row(model_dir: str, backend: str, isolate: bool, **kwargs) -> BenchRow
         return bench_one(model_dir, backend, **kwargs)
     from concurrent.futures import ProcessPoolExecutor
 
-    level = logging.getLogger().getEffectiveLevel()
+    level = own_level()
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
         return pool.submit(_bench_one_isolated, str(model_dir), backend, level, torch.get_num_threads(),
                            kwargs).result()
+
+
+def _busy_loop(started) -> None:
+    """A competing process: spins on one core until terminated."""
+    started.set()
+    while True:
+        pass
+
+
+@contextlib.contextmanager
+def competing_load(n: int):
+    """n busy processes running for the duration of the block (n = 0: none)."""
+    if n < 0:
+        raise ConfigError(f"load must be >= 0 busy processes, got {n}")
+    ctx = multiprocessing.get_context("spawn")
+    procs, events = [], []
+    try:
+        for _ in range(n):
+            started = ctx.Event()
+            proc = ctx.Process(target=_busy_loop, args=(started,), daemon=True)
+            proc.start()
+            procs.append(proc)
+            events.append(started)
+        for started in events:
+            started.wait(timeout=60)
+        yield
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.join(timeout=10)
+
+
+def contention_summary(rows: list[BenchRow]) -> list[dict]:
+    """Each loaded row's p99 against the same model and backend's quiet (load 0) p99."""
+    quiet = {(r.name, r.backend): r for r in rows if r.load == 0 and r.error is None}
+    out = []
+    for r in rows:
+        base = quiet.get((r.name, r.backend))
+        if r.load == 0 or r.error is not None or base is None:
+            continue
+        out.append({"name": r.name, "backend": r.backend, "load": r.load, "p99_ms": r.latency_ms["p99"],
+                    "quiet_p99_ms": base.latency_ms["p99"],
+                    "p99_ratio": r.latency_ms["p99"] / base.latency_ms["p99"]})
+    return out
 
 
 def parse_model_entry(entry: str) -> tuple[str, dict]:
@@ -224,35 +276,49 @@ def parse_model_entry(entry: str) -> tuple[str, dict]:
 
 def run_bench(models: list[str], backends: list[str], calls: int = 200, warmup: int = 20, seed: int = 0,
               eval_reports: dict[str, float] | None = None, backend_options: dict[str, dict] | None = None,
-              isolate: bool = False, **load_options) -> dict:
-    """Every model x backend; speedups against the first model's torch row (the teacher).
+              isolate: bool = False, loads: tuple[int, ...] = (0,), **load_options) -> dict:
+    """Every model x backend (x load); speedups against the first model's torch row (the teacher)
+    at the same load.
 
-    isolate runs each row in a fresh process (see the module docstring); the CLI does.
+    isolate runs each row in a fresh process (see the module docstring); the CLI does. loads:
+    numbers of busy competing processes to run every row beside (0: a quiet machine).
 
     eval_reports maps a model directory (resolved path) to its success rate; backend_options
     maps a backend name to its backend-specific options (onnxruntime: provider).
     Returns the report written as bench.json.
     """
     rows = []
-    for entry in models:
-        model, model_options = parse_model_entry(entry)
-        for backend in backends:
-            log.info("bench %s with %s", entry, backend)
-            options = {**load_options, **model_options}
-            if backend_options and backend in backend_options:
-                options["backend_options"] = backend_options[backend]
-            row = bench_row(model, backend, isolate, calls=calls, warmup=warmup, seed=seed, **options)
-            if model_options:
-                row.name += " (" + ", ".join(f"{k}={v}" for k, v in model_options.items()) + ")"
-            rows.append(row)
-    ok = [r for r in rows if r.error is None]
+    load_averages = {}
+    for load in loads:
+        with competing_load(load):
+            if load:
+                log.info("%d busy competing process(es) running", load)
+            for entry in models:
+                model, model_options = parse_model_entry(entry)
+                for backend in backends:
+                    log.info("bench %s with %s%s", entry, backend, f" under load {load}" if load else "")
+                    options = {**load_options, **model_options}
+                    if backend_options and backend in backend_options:
+                        options["backend_options"] = backend_options[backend]
+                    row = bench_row(model, backend, isolate, calls=calls, warmup=warmup, seed=seed, **options)
+                    row.load = load
+                    if model_options:
+                        row.name += " (" + ", ".join(f"{k}={v}" for k, v in model_options.items()) + ")"
+                    rows.append(row)
+            if hasattr(os, "getloadavg"):
+                load_averages[str(load)] = list(os.getloadavg())
     first = parse_model_entry(models[0])[0] if models else None
-    baseline = next((r for r in ok if r.model == first and r.backend == "torch"), ok[0] if ok else None)
-    for r in ok:
-        r.speedup = baseline.latency_ms["p50"] / r.latency_ms["p50"]
+    baselines = {}
+    for load in loads:
+        ok = [r for r in rows if r.error is None and r.load == load]
+        baseline = next((r for r in ok if r.model == first and r.backend == "torch"), ok[0] if ok else None)
+        baselines[load] = baseline
+        for r in ok:
+            r.speedup = baseline.latency_ms["p50"] / r.latency_ms["p50"]
     for r in rows:
         r.success_rate = (eval_reports or {}).get((str(Path(r.model).resolve()), r.nfe))
-    return {
+    baseline = baselines.get(loads[0]) if loads else None
+    report = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "host": host_info(load_options.get("device", "cpu")),
         "calls": calls,
@@ -261,8 +327,13 @@ def run_bench(models: list[str], backends: list[str], calls: int = 200, warmup: 
         "rows_isolated": isolate,
         "baseline": None if baseline is None else f"{baseline.name}/{baseline.backend}",
         "target_hz": TARGET_HZ,
+        "loads": list(loads),
         "rows": [r.to_dict() for r in rows],
     }
+    if any(loads):
+        report["load_average_after"] = load_averages
+        report["contention"] = contention_summary(rows)
+    return report
 
 
 def host_info(device: str = "cpu") -> dict:
@@ -274,7 +345,9 @@ def host_info(device: str = "cpu") -> dict:
         "cpus": os.cpu_count(),
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "torch": torch.__version__,
+        "usable_cpus": usable_cpus(),
         "torch_threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
     }
     try:
         import onnxruntime

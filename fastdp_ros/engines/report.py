@@ -34,12 +34,16 @@ def markdown(report: dict) -> str:
         f"high-water mark during the row.",
         "",
     ]
+    loaded = any(report.get("loads", [0]))
+    if loaded:
+        lines[-1:-1] = [f"Each row ran quiet and again beside N busy competing processes (load N, one core's worth "
+                        f"each; {host.get('usable_cpus', host.get('cpus'))} usable CPUs): the `load` column.", ""]
     gpu = any(r.get("gpu_peak_mb") is not None for r in report["rows"])
     success = any(r.get("success_rate") is not None for r in report["rows"])
     head = ["policy", "type", "backend", "NFE", "params", "p50 ms", "p90 ms", "p99 ms", "re-plan Hz",
             f"{report.get('target_hz', 60):g} Hz", "speedup", "peak RSS MB"]
     head += ["GPU MB"] if gpu else []
-    head += ["parity max Δ", "load s"] + (["success"] if success else [])
+    head += ["parity max Δ", "load s"] + (["success"] if success else []) + (["load"] if loaded else [])
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in report["rows"]:
         if r.get("error"):
@@ -54,7 +58,14 @@ def markdown(report: dict) -> str:
             cells += [_fmt(r.get("gpu_peak_mb"), ".0f")] if gpu else []
             cells += [_fmt(r["parity_max_abs_diff"], ".1e"), _fmt(r["load_seconds"], ".1f")]
             cells += [_fmt(r.get("success_rate"), ".0%")] if success else []
+            cells += [str(r.get("load", 0))] if loaded else []
         lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
+    if report.get("contention"):
+        lines += ["", "p99 under load against the same row's quiet p99:", "",
+                  "| policy | backend | load | quiet p99 ms | loaded p99 ms | ratio |", "|---|---|---|---|---|---|"]
+        for c in report["contention"]:
+            lines.append(f"| {c['name']} | {c['backend']} | {c['load']} | {c['quiet_p99_ms']:.2f} | "
+                         f"{c['p99_ms']:.2f} | {c['p99_ratio']:.2f}x |")
     return "\n".join(lines) + "\n"
 
 
@@ -71,7 +82,7 @@ def plot(report: dict, path: Path) -> None:
     fig = Figure(figsize=(6.5 * ncols, 1.0 + 0.45 * max(3, len(rows))), layout="constrained")
     axes = fig.subplots(1, ncols, squeeze=False)[0]
     ax = axes[0]
-    labels = [f"{r['name']} · {r['backend']}" for r in rows]
+    labels = [f"{r['name']} · {r['backend']}" + (f" · load {r['load']}" if r.get("load") else "") for r in rows]
     p50 = [r["latency_ms"]["p50"] for r in rows]
     p99 = [r["latency_ms"]["p99"] for r in rows]
     p90 = [r["latency_ms"]["p90"] for r in rows]

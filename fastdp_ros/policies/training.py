@@ -262,6 +262,7 @@ def train(
             if settings.grad_clip > 0:
                 nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
             opt.step()
+            lr_used = opt.param_groups[0]["lr"]  # this step's; the scheduler then sets the next one's
             sched.step()
             if ema is not None:
                 ema.step(model)
@@ -272,12 +273,12 @@ def train(
             done = step + 1
             if main and (done % 50 == 0 or done == settings.steps):
                 final_loss = float(np.mean(running[-50:]))
-                bar.set_postfix(loss=f"{final_loss:.4f}", lr=f"{sched.get_last_lr()[0]:.2e}")
+                bar.set_postfix(loss=f"{final_loss:.4f}", lr=f"{lr_used:.2e}")
                 val_now = None
                 if val_set is not None and (done % settings.val_every == 0 or done == settings.steps):
                     val_now = val = validation_loss(loss_fn, _eval_model(model, ema), val_set, settings)
                     log.info("step %d: train loss %.4f, validation loss %.4f", done, final_loss, val)
-                writer.writerow([done, f"{final_loss:.6f}", f"{sched.get_last_lr()[0]:.3e}",
+                writer.writerow([done, f"{final_loss:.6f}", f"{lr_used:.3e}",
                                  "" if val_now is None else f"{val_now:.6f}", f"{time.perf_counter() - t0:.1f}"])
                 log_file.flush()
             if main and (done % settings.ckpt_every == 0 or done == settings.steps):
