@@ -76,15 +76,15 @@ def check_threads(threads: int | None, flag: str = "--threads") -> None:
 def configure_threads(threads: int | None = None, role: str = "inference", flag: str = "--threads") -> int:
     """Set torch's intra-op threads for this process and return the count.
 
-    threads: the user's choice (--threads, a node parameter); None or 0: the role's default
-    (`inference`: inference_threads(), `training`: training_threads()). Inference also asks for
+    threads: the user's choice (--threads; a node's `inference_threads or None`); None: the
+    role's default (`inference`: inference_threads(), `training`: training_threads()). Inference also asks for
     one inter-op thread (policy graphs are one chain), where torch still allows it. The count
     returned is the one to give onnxruntime sessions too (load options `threads`).
     """
     if role not in ("inference", "training"):
         raise ValueError(f"role must be 'inference' or 'training', got {role!r}")
-    check_threads(threads or None, flag)
-    n = int(threads or (inference_threads() if role == "inference" else training_threads()))
+    check_threads(threads, flag)
+    n = int(threads) if threads is not None else inference_threads() if role == "inference" else training_threads()
     prefer_passive_waiting()
     import torch
 

@@ -101,6 +101,10 @@ def test_collect_records_a_policys_rollouts_that_replay(tmp_path):
         (["convert", "{tmp}/missing", "--to", "edm", "--out", "{tmp}/m"], "does not exist"),
         (["convert", "{tmp}/missing", "--to", "edm", "--out", "{tmp}/m", "--steps", "0"], "--steps must be >= 1"),
         (["eval", "{tmp}/missing"], "does not exist"),
+        (["run", "models/push_onedp", "--rate", "-5"], "--rate must be > 0 Hz, got -5"),
+        (["eval", "models/push_onedp", "--threads", "0", "--episodes", "1"], "--threads must be an integer >= 1"),
+        (["train", "--policy", "dp", "--dataset", "{tmp}/x", "--out", "{tmp}/m", "--threads", "-2"],
+         "--threads must be an integer >= 1"),
     ],
 )
 def test_bad_input_is_one_clear_error(argv, message, tmp_path, caplog):
@@ -115,4 +119,4 @@ def test_bad_input_is_one_clear_error(argv, message, tmp_path, caplog):
 def test_existing_store_needs_overwrite(tiny_store, caplog):
     with caplog.at_level(logging.ERROR, logger="fastdp"):
         assert main(["collect", "--task", "push", "--episodes", "1", "--out", str(tiny_store)]) == 2
-    assert "overwrite" in caplog.text
+    assert "pass --overwrite" in caplog.text and "overwrite=True" not in caplog.text

@@ -40,11 +40,11 @@ def test_usable_cpus_is_the_affinity_mask():
 def test_configure_threads_sets_torch_and_returns_the_count(restore_threads, monkeypatch):
     monkeypatch.setattr(hardware, "usable_cpus", lambda: 6)
     assert hardware.configure_threads(None) == 3 == torch.get_num_threads()
-    assert hardware.configure_threads(0, role="training") == 6 == torch.get_num_threads()
+    assert hardware.configure_threads(None, role="training") == 6 == torch.get_num_threads()
     assert hardware.configure_threads(1) == 1 == torch.get_num_threads()
 
 
-@pytest.mark.parametrize("bad", [-1, 2.5, True])
+@pytest.mark.parametrize("bad", [0, -1, 2.5, True])
 def test_configure_threads_refuses_bad_counts(bad, restore_threads):
     with pytest.raises(ConfigError, match="--threads must be an integer >= 1"):
         hardware.configure_threads(bad)

@@ -164,6 +164,7 @@ class ALTEncoder(nn.Module):
         self.register_buffer("lowdim_offset", torch.as_tensor(lowdim_offset, dtype=torch.float32).reshape(lowdim_dim))
         h, w, _ = spec.image_shape if self.image_keys else (1, 1, 3)
         self.input_size = downsampled_size(h, w, config.image_size)
+        self.image_hw = (h, w)
         self.cameras = nn.ModuleDict()
         for key in self.image_keys:
             self.cameras[key] = CameraEncoder(self.input_size, config)
@@ -180,7 +181,9 @@ class ALTEncoder(nn.Module):
         prepared = {}
         for key in self.image_keys:
             x = images[key].permute(0, 3, 1, 2).float() / 255.0
-            if tuple(x.shape[-2:]) != self.input_size:
+            # in an export the images have the spec's size: decide without reading a traced shape
+            hw = self.image_hw if torch.jit.is_tracing() else tuple(x.shape[-2:])
+            if hw != self.input_size:
                 x = F.interpolate(x, size=self.input_size, mode="area")
             prepared[key] = x
         if self.lowdim_keys:
