@@ -52,6 +52,22 @@ def test_bench_writes_json_markdown_and_plot(model, tmp_path):
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_bench_load_times_every_row_quiet_and_beside_busy_processes(model, tmp_path):
+    out = tmp_path / "bench"
+    assert main(["bench", str(model), "--backend", "torch", "--calls", "12", "--warmup", "1", "--threads", "1",
+                 "--load", "0,1", "--in-process", "--out", str(out)]) == 0
+    report = json.loads((out / "bench.json").read_text())
+    assert report["loads"] == [0, 1] and "--load 0,1" in report["command"]
+    assert [(r["backend"], r["load"], r["latency_ms"]["count"]) for r in report["rows"]] == [("torch", 0, 12),
+                                                                                          ("torch", 1, 12)]
+    (entry,) = report["contention"]
+    quiet, loaded = report["rows"]
+    assert entry["load"] == 1 and entry["quiet_p99_ms"] == quiet["latency_ms"]["p99"]
+    assert entry["p99_ratio"] == pytest.approx(loaded["latency_ms"]["p99"] / quiet["latency_ms"]["p99"])
+    table = (out / "bench.md").read_text()
+    assert "| load |" in table and "| tiny_dp | torch | 1 |" in table  # the load column, the ratio table
+
+
 def test_bench_records_unavailable_backends_and_eval_results(model, tmp_path):
     report_file = tmp_path / "eval.json"
     report_file.write_text(json.dumps({"success_rate": 0.75, "nfe": 4, "extra": {"model": str(model)}}))

@@ -11,14 +11,16 @@ loaded but not earlier rows' models, which are released first.
 same process was measured to slow the eager torch rows after it (1.3x after a DDIM-10 export,
 about 2x after the 100-step DDPM one), which inflated every later speedup.
 
-A robot computer is never idle: `loads` repeats every row with N busy competing processes (pure
-spinning, one core's worth each) running beside it, and the report compares each row's p99 with
-its quiet one (`contention`).
+A robot computer is never idle: `loads` times every row also beside N busy competing processes
+(pure spinning, one core's worth each), and the report compares each row's p99 with its quiet one
+(`contention`). The calls of the different loads alternate in blocks of LOAD_BLOCK within the
+row, so that whatever else the machine runs meanwhile weighs on quiet and loaded calls alike.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import logging
 import multiprocessing
@@ -145,9 +147,15 @@ def latency_summary(samples_s: list[float]) -> dict:
             "count": int(ms.size)}
 
 
+#: act() calls per block when quiet and loaded calls alternate
+LOAD_BLOCK = 10
+
+
 def bench_one(model_dir: str | os.PathLike, backend: str, calls: int = 200, warmup: int = 20, seed: int = 0,
-              **load_options) -> BenchRow:
-    """Load `model_dir` with `backend` and time `calls` act() steps after `warmup` steps."""
+              loads: tuple[int, ...] = (0,), **load_options) -> list[BenchRow]:
+    """Load `model_dir` with `backend` and time `calls` act() steps after `warmup` steps, for each
+    number of busy competing processes in `loads` (one row each; the calls of the loads
+    alternate in blocks of LOAD_BLOCK)."""
     row = BenchRow(model=str(model_dir), name=Path(model_dir).name, backend=backend, calls=calls)
     on_gpu = torch.device(load_options.get("device", "cpu")).type == "cuda" and torch.cuda.is_available()
     gc.collect()
@@ -163,24 +171,27 @@ def bench_one(model_dir: str | os.PathLike, backend: str, calls: int = 200, warm
     except FastDPError as e:
         row.error = str(e)
         log.warning("%s with %s: %s", model_dir, backend, e)
-        return row
+        return [dataclasses.replace(row, load=n) for n in loads]
     observations = random_observations(policy.spec, 16, seed)
     for i in range(warmup):
         policy.act(observations[i % len(observations)])
-    samples = []
-    for i in range(calls):
-        obs = observations[i % len(observations)]
-        t0 = time.perf_counter()
-        policy.act(obs)
-        samples.append(time.perf_counter() - t0)
-    lat = latency_summary(samples)
+    samples = {n: [] for n in loads}
+    with CompetingLoad(max(loads)) as competing:
+        done = 0
+        while done < calls:
+            block = min(LOAD_BLOCK, calls - done)
+            for n in loads:
+                competing.set(n)
+                for i in range(done, done + block):
+                    obs = observations[i % len(observations)]
+                    t0 = time.perf_counter()
+                    policy.act(obs)
+                    samples[n].append(time.perf_counter() - t0)
+            done += block
     info = policy.info
     row.policy_type, row.description = policy.policy_type, info.description
     row.precision, row.device = info.precision, info.device
     row.nfe, row.parameters = int(policy.nfe), policy.parameter_count
-    row.latency_ms = lat
-    row.replan_hz = 1000.0 / lat["p99"]
-    row.replan_hz_p50 = 1000.0 / lat["p50"]
     row.peak_rss_mb = peak_rss_mb()
     row.rss_increase_mb = None if rss0 is None else row.peak_rss_mb - rss0
     if on_gpu:
@@ -191,10 +202,16 @@ def bench_one(model_dir: str | os.PathLike, backend: str, calls: int = 200, warm
     row.parity_max_abs_diff, row.parity_tolerance = info.parity_max_abs_diff, info.parity_tolerance
     del policy
     gc.collect()
-    return row
+    rows = []
+    for n in loads:
+        lat = latency_summary(samples[n])
+        rows.append(dataclasses.replace(row, load=n, latency_ms=lat, replan_hz=1000.0 / lat["p99"],
+                                        replan_hz_p50=1000.0 / lat["p50"]))
+    return rows
 
 
-def _bench_one_isolated(model_dir: str, backend: str, log_level: int, threads: int | None, kwargs: dict) -> BenchRow:
+def _bench_one_isolated(model_dir: str, backend: str, log_level: int, threads: int | None,
+                        kwargs: dict) -> list[BenchRow]:
     """bench_one in a fresh (spawned) process, with the parent's torch threads and log level."""
     if not logging.getLogger().handlers:
         configure_logging(log_level)
@@ -203,8 +220,8 @@ def _bench_one_isolated(model_dir: str, backend: str, log_level: int, threads: i
     return bench_one(model_dir, backend, **kwargs)
 
 
-def bench_row(model_dir: str, backend: str, isolate: bool, **kwargs) -> BenchRow:
-    """One row, in this process or (isolate) in a fresh one that exits when the row is done."""
+def bench_row(model_dir: str, backend: str, isolate: bool, **kwargs) -> list[BenchRow]:
+    """One row per load, in this process or (isolate) in a fresh one that exits when they are done."""
     if not isolate:
         return bench_one(model_dir, backend, **kwargs)
     from concurrent.futures import ProcessPoolExecutor
@@ -215,35 +232,65 @@ def bench_row(model_dir: str, backend: str, isolate: bool, **kwargs) -> BenchRow
                            kwargs).result()
 
 
-def _busy_loop(started) -> None:
-    """A competing process: spins on one core until terminated."""
+def _busy_loop(started, running) -> None:
+    """A competing process: spins on one core while `running` is set, sleeps otherwise."""
     started.set()
     while True:
-        pass
+        running.wait()
+        for _ in range(20000):  # about a millisecond of pure spinning between checks
+            pass
+
+
+class CompetingLoad:
+    """Up to n busy processes that can be switched on and off quickly (`set(k)`: k of them spin).
+
+    Switching within a row lets quiet and loaded calls alternate in blocks, so that whatever
+    else the machine does at the time falls on both alike.
+    """
+
+    def __init__(self, n: int):
+        if n < 0:
+            raise ConfigError(f"load must be >= 0 busy processes, got {n}")
+        ctx = multiprocessing.get_context("spawn")
+        self.running = [ctx.Event() for _ in range(n)]
+        self.procs = []
+        started = []
+        for running in self.running:
+            ready = ctx.Event()
+            proc = ctx.Process(target=_busy_loop, args=(ready, running), daemon=True)
+            proc.start()
+            self.procs.append(proc)
+            started.append(ready)
+        for ready in started:
+            ready.wait(timeout=60)
+
+    def set(self, k: int) -> None:
+        """k processes spin, the others sleep."""
+        if not 0 <= k <= len(self.running):
+            raise ConfigError(f"load {k} needs {k} busy processes; {len(self.running)} were started")
+        for i, running in enumerate(self.running):
+            running.set() if i < k else running.clear()
+        time.sleep(0.005)  # the stopped ones finish their current spin
+
+    def close(self) -> None:
+        for proc in self.procs:
+            proc.terminate()
+        for proc in self.procs:
+            proc.join(timeout=10)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 @contextlib.contextmanager
 def competing_load(n: int):
-    """n busy processes running for the duration of the block (n = 0: none)."""
-    if n < 0:
-        raise ConfigError(f"load must be >= 0 busy processes, got {n}")
-    ctx = multiprocessing.get_context("spawn")
-    procs, events = [], []
-    try:
-        for _ in range(n):
-            started = ctx.Event()
-            proc = ctx.Process(target=_busy_loop, args=(started,), daemon=True)
-            proc.start()
-            procs.append(proc)
-            events.append(started)
-        for started in events:
-            started.wait(timeout=60)
-        yield
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            proc.join(timeout=10)
+    """n busy processes spinning for the duration of the block (n = 0: none)."""
+    with CompetingLoad(n) as load:
+        load.set(n)
+        yield load
 
 
 def contention_summary(rows: list[BenchRow]) -> list[dict]:
@@ -287,26 +334,22 @@ def run_bench(models: list[str], backends: list[str], calls: int = 200, warmup: 
     maps a backend name to its backend-specific options (onnxruntime: provider).
     Returns the report written as bench.json.
     """
+    loads = tuple(dict.fromkeys(loads)) or (0,)
     rows = []
-    load_averages = {}
-    for load in loads:
-        with competing_load(load):
-            if load:
-                log.info("%d busy competing process(es) running", load)
-            for entry in models:
-                model, model_options = parse_model_entry(entry)
-                for backend in backends:
-                    log.info("bench %s with %s%s", entry, backend, f" under load {load}" if load else "")
-                    options = {**load_options, **model_options}
-                    if backend_options and backend in backend_options:
-                        options["backend_options"] = backend_options[backend]
-                    row = bench_row(model, backend, isolate, calls=calls, warmup=warmup, seed=seed, **options)
-                    row.load = load
-                    if model_options:
-                        row.name += " (" + ", ".join(f"{k}={v}" for k, v in model_options.items()) + ")"
-                    rows.append(row)
-            if hasattr(os, "getloadavg"):
-                load_averages[str(load)] = list(os.getloadavg())
+    for entry in models:
+        model, model_options = parse_model_entry(entry)
+        for backend in backends:
+            log.info("bench %s with %s%s", entry, backend,
+                     f" (loads {', '.join(map(str, loads))} alternating)" if loads != (0,) else "")
+            options = {**load_options, **model_options}
+            if backend_options and backend in backend_options:
+                options["backend_options"] = backend_options[backend]
+            for row in bench_row(model, backend, isolate, calls=calls, warmup=warmup, seed=seed, loads=loads,
+                                 **options):
+                if model_options:
+                    row.name += " (" + ", ".join(f"{k}={v}" for k, v in model_options.items()) + ")"
+                rows.append(row)
+    rows.sort(key=lambda r: loads.index(r.load))  # stable: per load, in the order benched
     first = parse_model_entry(models[0])[0] if models else None
     baselines = {}
     for load in loads:
@@ -331,7 +374,8 @@ def run_bench(models: list[str], backends: list[str], calls: int = 200, warmup: 
         "rows": [r.to_dict() for r in rows],
     }
     if any(loads):
-        report["load_average_after"] = load_averages
+        report["load_block_calls"] = LOAD_BLOCK
+        report["load_average_after"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
         report["contention"] = contention_summary(rows)
     return report
 

@@ -36,8 +36,9 @@ def markdown(report: dict) -> str:
     ]
     loaded = any(report.get("loads", [0]))
     if loaded:
-        lines[-1:-1] = [f"Each row ran quiet and again beside N busy competing processes (load N, one core's worth "
-                        f"each; {host.get('usable_cpus', host.get('cpus'))} usable CPUs): the `load` column.", ""]
+        lines += [f"Each row was timed quiet and beside N busy competing processes (the `load` column; one "
+                  f"core's worth each, {host.get('usable_cpus', host.get('cpus'))} usable CPUs), in alternating "
+                  f"blocks of {report.get('load_block_calls', '?')} calls.", ""]
     gpu = any(r.get("gpu_peak_mb") is not None for r in report["rows"])
     success = any(r.get("success_rate") is not None for r in report["rows"])
     head = ["policy", "type", "backend", "NFE", "params", "p50 ms", "p90 ms", "p99 ms", "re-plan Hz",
