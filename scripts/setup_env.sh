@@ -95,8 +95,8 @@ TORCH_VERSION="$("$VPY" -c 'from importlib.metadata import version; print(versio
 CONSTRAINTS="$VENV/fastdp-constraints.txt"
 echo "torch==$TORCH_VERSION" >"$CONSTRAINTS"
 
-STAMP="$VENV/.fastdp-installed-${EXTRAS:-base}"
-STAMP="${STAMP//,/+}"  # dev,ros -> .fastdp-installed-dev+ros
+STAMP_NAME="${EXTRAS:-base}"
+STAMP="$VENV/.fastdp-installed-${STAMP_NAME//,/+}"  # dev,ros -> .fastdp-installed-dev+ros
 WANT="$(cat "$ROOT/setup.py" "$CONSTRAINTS" | sha256sum | cut -c1-16)"
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
     log "installing fastdp_ros${EXTRAS:+[$EXTRAS]} (torch $TORCH_VERSION kept)"
