@@ -10,8 +10,9 @@ processes beside it (bench/contention.json): see the defaults below.
   only takes effect if torch was not imported first), and onnxruntime sessions do not spin.
 - Inference threads: half the usable CPUs, at most 4: the rest stay free for the control loop,
   the sensors and everything else on the computer. Training and data preparation use all
-  usable CPUs. Every command offers --threads; the ROS policy node its inference_threads
-  parameter; both go through configure_threads().
+  usable CPUs. Every command offers --threads and goes through configure_threads(); a ROS node
+  calls configure_threads(inference_threads or None) and gives the count it returns to
+  onnxruntime (load option `threads`).
 - Precision: bf16 only where the hardware runs it (AMX or AVX512-BF16 on a CPU, a CUDA GPU
   with bf16 support); elsewhere bf16 is emulated and several times slower than fp32, so
   resolve_precision() falls back to fp32 with a warning and says which one was used.

@@ -134,7 +134,7 @@ def load_engine_policy(model_dir: str | os.PathLike, backend: str = "torch", *, 
         backend: torch | torch_compile | onnxruntime | tensorrt.
         device: cpu | cuda | cuda:N (tensorrt needs cuda; onnxruntime picks its provider from it).
         precision: fp32 | fp16 (default: the backend's; fp16 for tensorrt).
-        threads: intra-op threads of onnxruntime (default: usable CPUs, at most 4); torch
+        threads: intra-op threads of onnxruntime (default: half the usable CPUs, 1 to 4); torch
             backends use torch's global setting (torch.set_num_threads).
         seed: seed of the sampling noise (also given to the policy, whose own act() runs when
             it has no export graph).
