@@ -155,3 +155,13 @@ def test_threads_on_every_command_that_computes(capsys):
         with pytest.raises(SystemExit):
             main([command, "--help"])
         assert "--threads" in capsys.readouterr().out, command
+
+
+def test_fastdp_without_torch_says_how_to_install_it(monkeypatch, capsys):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a))
+    assert main(["eval", "models/push_onedp"]) == 2
+    err = capsys.readouterr().err
+    assert "PyTorch is not installed" in err and "requirements-torch-cpu.txt" in err and len(err.splitlines()) == 1
