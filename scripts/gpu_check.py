@@ -152,13 +152,15 @@ def engines(report: dict, out: Path, models: list[str], variants: list[tuple], d
         for label, backend, precision, options in variants:
             if backend == "torch_compile" and entry not in compile_models:
                 continue
-            # the eager 100-step loop takes ~100x a one-step call: 1000 calls would spend minutes of device time
-            slow = options.get("cuda_graph") is False and model_options.get("sampler") == "ddpm"
+            # eager multi-step loops are launch-bound (~4 ms a U-Net step on the H200's host): 1000 calls
+            # of DDPM-100 would spend minutes of the session's device time on the slowest row
+            slow = options.get("cuda_graph") is False and (model_options.get("sampler") == "ddpm"
+                                                           or model_options.get("steps", 1) >= 10)
             n = slow_calls if slow else calls
             log.info("%s / %s: %d calls", entry, label, n)
             t0 = time.perf_counter()
-            row = bench_one(path, backend, calls=n, warmup=warmup, device=device, precision=precision,
-                            backend_options=options or None, **model_options)
+            row = bench_one(path, backend, calls=n, warmup=min(warmup, 5) if slow else warmup, device=device,
+                            precision=precision, backend_options=options or None, **model_options)
             row.name = Path(path).name + (" (" + ", ".join(f"{k}={v}" for k, v in model_options.items()) + ")"
                                           if model_options else "")
             row.backend = label
@@ -361,6 +363,10 @@ def summary(report: dict) -> str:
         lines.append(f"- bf16 speed-up over fp32: {tr.get('bf16_speedup')}x")
     else:
         lines.append(f"failed: {tr['error']}" if tr else "not run")
+    if report.get("kept"):
+        kept = report["kept"]
+        lines += ["", f"Sections {', '.join(kept['sections'])} are from an earlier run ({kept['created']}: "
+                  f"`{kept['from']}`)."]
     lines += ["", "Section times (s): " + json.dumps(report.get("seconds", {}))]
     return "\n".join(lines) + "\n"
 
@@ -380,7 +386,10 @@ def main(argv=None) -> int:
     p.add_argument("--compile-models", nargs="*", default=["models/push_onedp", "models/push_alt"],
                    help="entries also run through torch.compile (its compile time is minutes for long loops)")
     p.add_argument("--calls", type=int, default=1000)
-    p.add_argument("--slow-calls", type=int, default=200, help="calls for the eager DDPM-100 rows")
+    p.add_argument("--slow-calls", type=int, default=100,
+                   help="calls for the eager rows of 10 or more steps (DDIM-10, DDPM-100)")
+    p.add_argument("--keep", default=None, metavar="GPU_CHECK_JSON",
+                   help="an earlier run's gpu_check.json whose sections this run does not measure are kept")
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--faiss-sizes", type=int, nargs="*", default=[10_000, 1_000_000])
     p.add_argument("--faiss-dims", type=int, nargs="*", default=[24, 256],
@@ -400,6 +409,13 @@ def main(argv=None) -> int:
     sections = set(args.sections.split(","))
     report = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": "python scripts/gpu_check.py "
               + " ".join(argv if argv is not None else sys.argv[1:])}
+    if args.keep:
+        earlier = json.loads(Path(args.keep).read_text())
+        report["kept"] = {"from": earlier.get("command"), "created": earlier.get("created"), "sections": []}
+        for name in ("faiss", "train"):
+            if name not in sections and name in earlier:
+                report[name] = earlier[name]
+                report["kept"]["sections"].append(name)
     run_section(report, "environment", environment, args.device)
     save(report, out)
     engine_args = (report, out, args.models)
