@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from fastdp_ros.engines import load_engine_policy
+from fastdp_ros.engines.policy import parity_tolerance
 from fastdp_ros.policies import load_policy
 from test_engines import make_model, observation
 
@@ -38,7 +39,11 @@ def test_torch_cuda_graph_matches_eager(tiny_model):
     assert engine.info.parity_max_abs_diff <= engine.info.parity_tolerance
     eager = load_policy(tiny_model, seed=4)  # CPU eager: same CPU-drawn noise
     obs = observation(eager.spec)
-    np.testing.assert_allclose(engine.act(obs), eager.act(obs), atol=1e-3)
+    expected = eager.act(obs)
+    # GPU against CPU: cuDNN runs fp32 convolutions in TF32 by default. On an H200 this 4-step loop
+    # differed from the CPU by 2.0e-3 on actions of magnitude 2 (within 1e-3 of scale with
+    # NVIDIA_TF32_OVERRIDE=0), so the bound is TF32's: 5e-3 of the output's scale
+    np.testing.assert_allclose(engine.act(obs), expected, atol=parity_tolerance(expected, 5e-3), rtol=0)
 
 
 @needs_cuda
