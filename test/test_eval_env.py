@@ -108,3 +108,30 @@ def test_adapter_dict_observations_map_convert_and_resize():
                                             ({"is_success": np.array(False)}, False), ({}, False)])
 def test_success_flags(info, expected):
     assert success_of(info) is expected
+
+
+def test_bag_to_trained_model_to_gymnasium_env(tmp_path):
+    """End to end as an outside user: a teleoperation bag -> `fastdp import rosbag2` -> `fastdp
+    train --policy dp` (tiny) -> `fastdp eval --env` in a test-defined gymnasium env."""
+    from bagmaker import write_bag
+
+    bag = write_bag(tmp_path / "bag", duration=1.6, marker_at=(0.0, 0.55, 1.1))
+    ds, model, report = tmp_path / "ds", tmp_path / "model", tmp_path / "eval.json"
+    assert main(["import", "rosbag2", str(bag.path), "--out", str(ds), "--image-size", "16",
+                 "--action-topic", "/fr3_arm_controller/joint_trajectory", "--split-topic", "/episode_start",
+                 "--task", "teleop_reach"]) == 0
+    assert main(["dataset", "check", str(ds), "--keys", "img_front,img_wrist,joint_pos,gripper"]) == 0
+    assert main(["train", "--policy", "dp", "--dataset", str(ds), "--out", str(model), "--steps", "3",
+                 "--batch-size", "4", "--down-dims", "16,32", "--horizon", "8", "--n-obs-steps", "2",
+                 "--n-action-steps", "4", "--image-keys", "img_front,img_wrist", "--lowdim-keys", "joint_pos,gripper",
+                 "--num-inference-steps", "2", "--val-every", "1000", "--ckpt-every", "1000"]) == 0
+    config = json.loads((model / "config.json").read_text())
+    assert config["spec"]["robot"] == "fr3" and config["spec"]["dt"] == 0.1
+    assert config["spec"]["image_shape"] == [16, 16, 3] and config["spec"]["extra"]["task"] == "teleop_reach"
+    gymenvs.MADE.clear()
+    assert main(["eval", str(model), "--env", ENV, "--env-kwargs", '{"image_shape": [20, 20], "limit": 6}',
+                 "--episodes", "2", "--sampler", "ddim", "--steps", "2", "--out", str(report)]) == 0
+    result = json.loads(report.read_text())
+    assert result["task"] == ENV and result["episodes"] == 2  # the report names what was evaluated
+    assert [e["steps"] for e in result["per_episode"]] == [6, 6]
+    assert len(gymenvs.MADE[-1].actions) == 12
