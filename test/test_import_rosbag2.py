@@ -6,11 +6,14 @@ import logging
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bagmaker import (ARM, FRONT_START, RECEIVE_DELAY, T0, WRIST_START, front_colour, latest, q_of, width_of, wrist_colour,
                       write_bag)
 from fastdp_ros.cli.main import main
 from fastdp_ros.data import ReplayBuffer
+from fastdp_ros.data.importers.resample import hold, interpolate, time_grid
 
 DT = 0.1
 
@@ -142,3 +145,21 @@ def test_an_existing_dataset_survives_a_failed_overwrite(tmp_path, caplog):
     assert ReplayBuffer.open(out).n_steps == before
     assert import_bag([str(rec.path), "--overwrite", "--dt", "0.05"], out) == 0
     assert ReplayBuffer.open(out).n_steps > before
+
+
+@settings(max_examples=60, deadline=None)
+@given(steps=st.lists(st.floats(1e-3, 0.5), min_size=1, max_size=40), dt=st.floats(0.01, 0.3),
+       slope=st.floats(-5, 5), offset=st.floats(-5, 5))
+def test_resampling_is_exact_on_lines_and_counts_every_message(steps, dt, slope, offset):
+    stamps = 10.0 + np.concatenate([[0.0], np.cumsum(steps)])
+    grid = time_grid(stamps[0], stamps[-1], dt)
+    values, report = interpolate(stamps, offset + slope * stamps, grid, dt)
+    np.testing.assert_allclose(values[:, 0], offset + slope * grid, atol=1e-9 * (1 + abs(slope) * 20))
+    inside = int(np.count_nonzero(stamps <= grid[-1] + 1e-6))
+    assert report.messages == inside and 0 <= report.dropped < inside
+    assert report.interpolated <= len(grid) and report.gaps <= report.interpolated
+    idx, held = hold(stamps, grid, dt)
+    assert np.all(stamps[idx] <= grid + 1e-6)  # never a message from the future ...
+    later = np.minimum(idx + 1, len(stamps) - 1)
+    assert np.all((idx == len(stamps) - 1) | (stamps[later] > grid + 1e-6))  # ... and always the latest one
+    assert held.messages == inside and held.dropped == inside - len(np.unique(idx))
