@@ -57,7 +57,9 @@ def _ns(t: float) -> int:
 
 
 def write_bag(path, duration=1.5, storage="sqlite3", distro="jazzy", marker_at=(), mixed_sizes=False,
-              command_type="trajectory") -> Recording:
+              command_type="trajectory", hole=None) -> Recording:
+    """command_type: trajectory | float64 (7 arm values + a gripper width) | pose (PoseStamped);
+    hole=(a, b): nothing is recorded between a and b seconds (a dropped connection)."""
     ts = get_typestore(Stores.ROS2_JAZZY if distro == "jazzy" else Stores.ROS2_HUMBLE)
     T = ts.types
     rec = Recording(path)
@@ -76,6 +78,8 @@ def write_bag(path, duration=1.5, storage="sqlite3", distro="jazzy", marker_at=(
         if command_type == "trajectory":
             command = w.add_connection("/fr3_arm_controller/joint_trajectory",
                                        "trajectory_msgs/msg/JointTrajectory", typestore=ts)
+        elif command_type == "pose":
+            command = w.add_connection("/cartesian_target", "geometry_msgs/msg/PoseStamped", typestore=ts)
         else:
             command = w.add_connection("/forward_position_controller/commands", "std_msgs/msg/Float64MultiArray",
                                        typestore=ts)
@@ -114,6 +118,12 @@ def write_bag(path, duration=1.5, storage="sqlite3", distro="jazzy", marker_at=(
                     positions=target[::-1].copy(), velocities=np.zeros(0), accelerations=np.zeros(0),
                     effort=np.zeros(0), time_from_start=T["builtin_interfaces/msg/Duration"](sec=0, nanosec=10**8))
                 msg = T["trajectory_msgs/msg/JointTrajectory"](header=header(t), joint_names=ARM[::-1], points=[point])
+            elif command_type == "pose":
+                quat = np.array([np.cos(0.1 * k), 0.0, 0.0, np.sin(0.1 * k)])
+                target = np.concatenate([target[:3], quat])
+                msg = T["geometry_msgs/msg/PoseStamped"](header=header(t), pose=T["geometry_msgs/msg/Pose"](
+                    position=T["geometry_msgs/msg/Point"](x=target[0], y=target[1], z=target[2]),
+                    orientation=T["geometry_msgs/msg/Quaternion"](w=quat[0], x=quat[1], y=quat[2], z=quat[3])))
             else:
                 target = np.concatenate([target, [0.02 * k]])
                 msg = T["std_msgs/msg/Float64MultiArray"](
@@ -123,6 +133,12 @@ def write_bag(path, duration=1.5, storage="sqlite3", distro="jazzy", marker_at=(
             rec.commands.append(target)
         for t in marker_at:
             events.append((t, marker, T["std_msgs/msg/Empty"]()))
+        if hole is not None:
+            events = [e for e in events if not hole[0] < e[0] < hole[1]]
+            kept = [i for i, t in enumerate(rec.command_stamps) if not hole[0] < t < hole[1]]
+            rec.command_stamps, rec.commands = [rec.command_stamps[i] for i in kept], [rec.commands[i] for i in kept]
+            rec.front_stamps = [t for t in rec.front_stamps if not hole[0] < t < hole[1]]
+            rec.wrist_stamps = [t for t in rec.wrist_stamps if not hole[0] < t < hole[1]]
         events.sort(key=lambda e: e[0])
         for t, conn, msg in events:
             w.write(conn, _ns(t + RECEIVE_DELAY), ts.serialize_cdr(msg, conn.msgtype))

@@ -163,3 +163,17 @@ def test_resampling_is_exact_on_lines_and_counts_every_message(steps, dt, slope,
     later = np.minimum(idx + 1, len(stamps) - 1)
     assert np.all((idx == len(stamps) - 1) | (stamps[later] > grid + 1e-6))  # ... and always the latest one
     assert held.messages == inside and held.dropped == inside - len(np.unique(idx))
+
+
+def test_pose_commands_and_episodes_split_at_holes(tmp_path):
+    rec = write_bag(tmp_path / "bag", duration=2.0, command_type="pose", hole=(0.8, 1.2))
+    out = tmp_path / "ds"
+    assert import_bag([str(rec.path), "--action-topic", "/cartesian_target", "--split-gap", "0.2"], out) == 0
+    buf = ReplayBuffer.open(out)
+    assert buf.n_episodes == 2 and "TCP pose target" in buf.attrs["action"]
+    first, second = buf.get_episode(0), buf.get_episode(1)
+    assert first["timestamp"][-1] < T0 + 0.8 and second["timestamp"][0] >= T0 + 1.2 - 1e-6
+    for ep in (first, second):
+        for k, tk in enumerate(ep["timestamp"]):
+            np.testing.assert_allclose(ep["action"][k, :7], rec.commands[latest(rec.command_stamps, tk)], atol=1e-6)
+            np.testing.assert_allclose(ep["action"][k, 7], width_of(tk + DT - T0), atol=1e-6)
