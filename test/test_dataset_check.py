@@ -57,7 +57,7 @@ def _broken(tmp_path, case):
     ("unknown_robot", "unknown robot 'ur5'"),
     ("empty", "no episodes"),
     ("nonfinite", "data/action holds 1 non-finite values"),
-    ("no_action", "no action array 'action' (did you mean 'actions'? pass --action-key actions)"),
+    ("no_action", "no action array 'action' (did you mean 'actions'? `fastdp dataset rename"),
     ("half_written", "data/state has 8 rows"),
 ])
 def test_problems_fail_with_the_reason(tmp_path, caplog, case, words):
@@ -97,3 +97,21 @@ def test_train_distill_index_check_the_dataset_first(tmp_path, caplog, verb):
     errors = errors_of(caplog)
     assert len(errors) == 1 and "unknown robot 'ur5'" in errors[0], errors
     assert not (tmp_path / "model").exists()
+
+
+def test_rename_and_set_fix_a_dataset_in_place(tmp_path, caplog):
+    path = _broken(tmp_path, "no_action")
+    before = ReplayBuffer.open(path).get_episode(0)
+    with caplog.at_level(logging.ERROR, logger="fastdp"):
+        assert main(["dataset", "rename", str(path), "actions=state"]) == 2  # would clash: nothing renamed
+        assert main(["dataset", "rename", str(path), "nope=x"]) == 2
+    assert ReplayBuffer.open(path).keys == ["actions", "state"]
+    assert main(["dataset", "rename", str(path), "actions=action"]) == 0
+    np.testing.assert_array_equal(ReplayBuffer.open(path).get_episode(0)["action"], before["actions"])
+    path = _broken(tmp_path, "unknown_robot")
+    with caplog.at_level(logging.ERROR, logger="fastdp"):
+        assert main(["dataset", "set", str(path), "robot=ur10"]) == 2
+    assert main(["dataset", "set", str(path), "robot=FR3", "dt=0.05", "image_size=[96, 96]", "task=stack"]) == 0
+    attrs = ReplayBuffer.open(path).attrs
+    assert attrs["robot"] == "fr3" and attrs["dt"] == 0.05 and attrs["image_size"] == [96, 96]
+    assert attrs["task"] == "stack" and check_dataset(path).ok

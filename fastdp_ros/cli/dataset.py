@@ -1,5 +1,6 @@
 """`fastdp dataset check D`: list a dataset's episodes, keys, shapes and metadata, and fail with
-the reason when the pipeline cannot learn from it (docs/dataset.md)."""
+the reason when the pipeline cannot learn from it (docs/dataset.md); `fastdp dataset rename D
+OLD=NEW` and `fastdp dataset set D NAME=VALUE` fix names and attributes in place."""
 
 from __future__ import annotations
 
@@ -28,6 +29,41 @@ def add_parser(sub) -> None:
                    help="comma-separated observation keys a policy will read (each must be present)")
     c.add_argument("--json", default=None, help="write the report (JSON) here")
     c.set_defaults(run=run_check)
+    r = verbs.add_parser("rename", help="rename data arrays in place (e.g. actions=action)")
+    r.add_argument("dataset", help="zarr dataset folder")
+    r.add_argument("renames", nargs="+", metavar="OLD=NEW")
+    r.set_defaults(run=run_rename)
+    s = verbs.add_parser("set", help="set dataset attributes (e.g. robot=fr3 dt=0.05 task=stack)")
+    s.add_argument("dataset", help="zarr dataset folder")
+    s.add_argument("attrs", nargs="+", metavar="NAME=VALUE", help="VALUE is JSON when it parses, else a string")
+    s.set_defaults(run=run_set)
+
+
+def run_rename(args) -> int:
+    from fastdp_ros.data.check import rename_keys
+    from fastdp_ros.data.importers import parse_mapping
+
+    rename_keys(args.dataset, parse_mapping(args.renames, "rename"))
+    log.info("renamed %s in %s", ", ".join(args.renames), args.dataset)
+    return 0
+
+
+def run_set(args) -> int:
+    from fastdp_ros.data import ReplayBuffer
+    from fastdp_ros.data.check import parse_attr_value
+    from fastdp_ros.robots import get_robot
+
+    attrs = {}
+    for item in args.attrs:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise DatasetError(f"attributes are NAME=VALUE, got {item!r}")
+        attrs[name.strip()] = parse_attr_value(value)
+    if "robot" in attrs:
+        attrs["robot"] = get_robot(str(attrs["robot"])).name
+    ReplayBuffer.open(args.dataset, mode="r+").update_attrs(attrs)
+    log.info("set %s on %s", ", ".join(sorted(attrs)), args.dataset)
+    return 0
 
 
 def run_check(args) -> int:

@@ -110,20 +110,21 @@ def check_dataset(path, action_key: str = "action", keys=(), scan_values: bool =
         report.problems.append("the dataset has no episodes")
     dt = attrs.get("dt")
     if dt is None:
-        report.problems.append("no 'dt' attribute (the recording period in seconds, required)")
+        report.problems.append(f"no 'dt' attribute (the recording period in seconds, required; set it with "
+                               f"`fastdp dataset set {path} dt=SECONDS`)")
     elif not isinstance(dt, (int, float)) or isinstance(dt, bool) or not math.isfinite(dt) or dt <= 0:
         report.problems.append(f"attribute 'dt' must be a number of seconds > 0, got {dt!r}")
     else:
         report.dt = float(dt)
     robot = attrs.get("robot")
     if robot is not None and str(robot).lower() not in ROBOTS:
-        report.problems.append(f"unknown robot {robot!r}; fastdp_ros knows {', '.join(sorted(ROBOTS))} (set the "
-                               "dataset's 'robot' attribute, e.g. `fastdp import ... --robot fr3`)")
+        report.problems.append(f"unknown robot {robot!r}; fastdp_ros knows {', '.join(sorted(ROBOTS))} (set it with "
+                               f"`fastdp dataset set {path} robot=fr3`)")
     if action_key not in buffer.keys:
         hint = [k for k in buffer.keys if "action" in k.lower()]
-        report.problems.append(f"no action array {action_key!r}" + (f" (did you mean {hint[0]!r}? pass --action-key "
-                                                                      f"{hint[0]})" if hint else "")
-                               + f"; the dataset has {buffer.keys}")
+        report.problems.append(f"no action array {action_key!r}" + (
+            f" (did you mean {hint[0]!r}? `fastdp dataset rename {path} {hint[0]}={action_key}`)" if hint else "")
+            + f"; the dataset has {buffer.keys}")
     else:
         info = report.keys[action_key]
         if len(info["shape"]) != 1 or np.dtype(info["dtype"]).kind != "f":
@@ -136,6 +137,35 @@ def check_dataset(path, action_key: str = "action", keys=(), scan_values: bool =
         if key in report.nonfinite:
             report.problems.append(f"data/{key} holds {report.nonfinite[key]} non-finite values")
     return report
+
+
+def rename_keys(path, mapping: dict[str, str]) -> None:
+    """Rename data arrays in place ({old: new}), e.g. a dataset's 'actions' to the 'action' the
+    trainers read. Every rename is checked before any is made."""
+    import os
+
+    from fastdp_ros.data import ReplayBuffer
+
+    buffer = ReplayBuffer.open(path, mode="r+")
+    keys = set(buffer.keys)
+    for old, new in mapping.items():
+        if old not in keys:
+            raise DatasetError(f"dataset {path} has no key {old!r}; it has {buffer.keys}")
+        if new in keys or list(mapping.values()).count(new) > 1:
+            raise DatasetError(f"cannot rename {old!r} to {new!r}: the dataset would have it twice")
+    for old, new in mapping.items():
+        os.rename(Path(path) / "data" / old, Path(path) / "data" / new)
+    ReplayBuffer.open(path).validate()
+
+
+def parse_attr_value(text: str):
+    """An attribute value on the command line: JSON when it parses (0.1, true, [96, 96]), else a string."""
+    import json
+
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 def require_dataset(path, action_key: str = "action", keys=()) -> DatasetReport:
