@@ -124,13 +124,14 @@ class _BagReader:
         o = self.options
         types = {c.topic: c.msgtype for c in reader.connections}
 
-        def need(topic: str | None, allowed: tuple[str, ...], what: str) -> None:
+        def need(topic: str | None, allowed: tuple[str, ...] | None, what: str) -> None:
+            """`topic` (when given) is in the bag and, unless allowed is None, of one of these types."""
             if topic is None:
                 return
             if topic not in types:
                 raise DatasetError(f"bag {self.path} has no topic {topic} ({what}); its topics: "
                                    f"{', '.join(sorted(types)) or 'none'}")
-            if types[topic] not in allowed:
+            if allowed is not None and types[topic] not in allowed:
                 raise DatasetError(f"{what} topic {topic} carries {types[topic]}; expected {' or '.join(allowed)}")
 
         cameras = o.cameras
@@ -148,8 +149,7 @@ class _BagReader:
         need(joint_topic, (JOINT_STATE,), "joint states")
         need(o.gripper_topic, (JOINT_STATE,), "gripper")
         need(o.action_topic, ACTION_TYPES, "action")
-        if o.split_topic is not None and o.split_topic not in types:
-            need(o.split_topic, (), "episode split")
+        need(o.split_topic, None, "episode split")
         joint_state_topics = {joint_topic, *([o.gripper_topic] if o.gripper_topic else
                                              [t for t, m in types.items() if m == JOINT_STATE])}
         wanted = set(cameras) | joint_state_topics | {t for t in (o.action_topic, o.split_topic) if t}
