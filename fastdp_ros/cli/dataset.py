@@ -19,7 +19,8 @@ def _keys(text: str) -> tuple[str, ...]:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("dataset", help="inspect a dataset: `fastdp dataset check D`", description=__doc__)
+    p = sub.add_parser("dataset", help="check a dataset (`fastdp dataset check D`), rename its keys, set attributes",
+                       description=__doc__)
     verbs = p.add_subparsers(dest="dataset_verb", metavar="VERB", required=True)
     c = verbs.add_parser("check", help="episodes, keys, shapes, dt, robot, missing metadata, non-finite values",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)

@@ -18,7 +18,8 @@ log = logging.getLogger(__name__)
 def add_parser(sub) -> None:
     from fastdp_ros.runtime.evaluate import EVAL_SEED0
 
-    p = sub.add_parser("eval", help="roll a model out in the simulation: success rate, return, latency",
+    p = sub.add_parser("eval", help="roll a model out in the simulation or a gymnasium env (--env): success rate, "
+                                    "return, latency",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("model", help="model directory")
     p.add_argument("--task", default=None, help="task (default: the one the model's dataset recorded)")
