@@ -81,7 +81,8 @@ def run(args) -> int:
 
     if args.episodes < 1:
         raise ConfigError(f"--episodes must be >= 1, got {args.episodes}")
-    check_seed_overlap(read_config(args.model), args.seed0, args.episodes)
+    if args.env is None:  # the demonstration seeds are the simulation's; another env's seeds are its own
+        check_seed_overlap(read_config(args.model), args.seed0, args.episodes)
     policy, task, config, options = load_rollout_policy(args.model, args.task or args.env, args.sampler, args.steps,
                                                         args.device)
     episode_end = {"max_steps": args.max_steps, "stop_at_success": args.stop_at_success}

@@ -82,7 +82,7 @@ def parse_mapping(items, what: str = "--map") -> dict[str, str]:
     for item in items or ():
         src, sep, dst = str(item).partition("=")
         if not sep or not src.strip() or not dst.strip() or "/" in dst:
-            raise ConfigError(f"{what} takes SOURCE=KEY (KEY without '/'), got {item!r}")
+            raise ConfigError(f"{what} takes NAME=NAME (the second without '/'), got {item!r}")
         mapping[src.strip()] = dst.strip()
     return mapping
 
