@@ -177,3 +177,17 @@ def test_pose_commands_and_episodes_split_at_holes(tmp_path):
         for k, tk in enumerate(ep["timestamp"]):
             np.testing.assert_allclose(ep["action"][k, :7], rec.commands[latest(rec.command_stamps, tk)], atol=1e-6)
             np.testing.assert_allclose(ep["action"][k, 7], width_of(tk + DT - T0), atol=1e-6)
+
+
+def test_a_bag_without_message_definitions_reads_with_the_distros_types(tmp_path, caplog):
+    """Humble's rosbag2 stores no message definitions: --ros-distro supplies them."""
+    import sqlite3
+
+    rec = write_bag(tmp_path / "bag", duration=0.5, distro="humble")
+    with sqlite3.connect(next(rec.path.glob("*.db3"))) as db:
+        db.execute("delete from message_definitions")
+    out = tmp_path / "ds"
+    assert import_bag([str(rec.path), "--ros-distro", "humble"], out) == 0
+    ep = ReplayBuffer.open(out).get_episode(0)
+    np.testing.assert_allclose(ep["joint_pos"], q_of(ep["timestamp"] - T0), atol=1e-5)
+    _fails_with([str(rec.path), "--ros-distro", "rolling"], tmp_path / "other", caplog, ["--ros-distro must be one of"])
