@@ -14,6 +14,7 @@ from glob import glob
 from setuptools import find_packages, setup
 
 PACKAGE = "fastdp_ros"
+DATA_EXTRA = ["rosbags>=0.10", "h5py>=3.8", "pyarrow>=12", "av>=12"]
 
 
 def share_files(folder):
@@ -54,7 +55,9 @@ setup(
         "PyYAML>=5.4",  # config/policies.yaml (policy names -> model directories)
     ],
     extras_require={
-        "dev": ["pytest>=7", "hypothesis>=6", "rosbags>=0.10"],
+        # `fastdp import`: rosbag2 (rosbags, no ROS needed), robomimic (h5py), LeRobot (pyarrow, av)
+        "data": DATA_EXTRA,
+        "dev": ["pytest>=7", "hypothesis>=6", *DATA_EXTRA],
         # GPU: bring your own CUDA torch first; these add the GPU engines.
         "gpu": ["onnxruntime-gpu>=1.17", "tensorrt", "torch-tensorrt"],
     },

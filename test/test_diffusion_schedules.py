@@ -131,6 +131,20 @@ def test_vp_preconditioning_reads_ddpm_timesteps_and_samples():
         pre(0.0)
 
 
+def test_vp_timestep_table_moves_to_a_device_once():
+    """The tensor path must not copy the table on every call: on a GPU that copy is a transfer
+    inside each step, which CUDA graph capture refuses (seen on an H200 with a VP consistency
+    student)."""
+    from fastdp_ros.diffusion import VPPreconditioning
+
+    pre = VPPreconditioning(alphas_cumprod(cosine_betas(100)))
+    first = pre.table_on(torch.device("cpu"), torch.float32)
+    pre.timestep(torch.tensor([0.5, 2.0]))
+    assert pre.table_on(torch.device("cpu"), torch.float32) is first
+    assert pre.table_on(torch.device("cpu"), torch.float64).dtype == torch.float64
+    assert len(pre._device_tables) == 2
+
+
 def test_preconditioned_loss_weight_is_edm_lambda_or_one_over_sigma_squared():
     from fastdp_ros.diffusion import VPPreconditioning, preconditioned_loss_weight
 

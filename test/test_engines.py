@@ -256,3 +256,31 @@ def test_policy_without_export_graph(tmp_path):
         load_engine_policy(path, "onnxruntime")
     eager = load_engine_policy(path, "torch")  # torch runs the policy's own act()
     assert eager.act(observation(spec)).shape == (8, 8)
+
+
+def test_gpu_cache_key_changes_with_the_gpu_and_its_driver(monkeypatch):
+    """A compiled GPU engine must never load on another GPU model or driver: both are in its key."""
+    from fastdp_ros.engines import base
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i: (9, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: "NVIDIA H200")
+    monkeypatch.setattr(base, "gpu_driver_version", lambda: "580.159.03")
+    tag = base.device_tag("cuda:0")
+    assert "NVIDIA H200" in tag and "sm90" in tag and "driver580.159.03" in tag
+    monkeypatch.setattr(base, "gpu_driver_version", lambda: "590.44.01")
+    assert base.device_tag("cuda:0") != tag
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: "NVIDIA H100 80GB HBM3")
+    assert "H100" in base.device_tag("cuda") and base.device_tag("cpu") == "cpu"
+
+
+@pytest.mark.parametrize("text, version", [
+    ("NVRM version: NVIDIA UNIX x86_64 Kernel Module  580.159.03  Thu Oct  9 10:01:00 UTC 2025\n", "580.159.03"),
+    ("NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  570.86.15  Release Build  (dvs-builder@U16)\n",
+     "570.86.15"),
+    ("GCC version:  gcc version 12.2.0 (Debian 12.2.0-14)\n", None),
+])
+def test_driver_version_is_read_from_the_nvrm_line(text, version):
+    from fastdp_ros.engines.base import driver_version_from_proc
+
+    assert driver_version_from_proc(text) == version

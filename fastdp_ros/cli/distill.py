@@ -60,6 +60,10 @@ def run(args) -> int:
 
     if args.policy not in DISTILLERS:
         raise ConfigError(f"`fastdp distill` knows {', '.join(DISTILLERS)}; got --policy {args.policy!r}")
+    from fastdp_ros.data.check import require_dataset
+
+    for dataset in (args.dataset, *(args.reward_dataset or ())):
+        require_dataset(dataset)
     settings = TrainSettings(steps=args.steps, batch_size=args.batch_size, warmup_steps=max(1, args.warmup_steps),
                              val_every=args.val_every, ckpt_every=args.ckpt_every, seed=args.seed,
                              device=args.device, num_workers=args.num_workers, **settings_options(args))

@@ -1,4 +1,5 @@
-"""`fastdp eval MODEL --task push --episodes N --out R.json`: success rate and latency in MuJoCo."""
+"""`fastdp eval MODEL --task push --episodes N --out R.json`: success rate and latency in MuJoCo,
+or in any gymnasium environment with `--env package.module:factory` (runtime/gym_env.py)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ log = logging.getLogger(__name__)
 def add_parser(sub) -> None:
     from fastdp_ros.runtime.evaluate import EVAL_SEED0
 
-    p = sub.add_parser("eval", help="roll a model out in the simulation: success rate, return, latency",
+    p = sub.add_parser("eval", help="roll a model out in the simulation or a gymnasium env (--env): success rate, "
+                                    "return, latency",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("model", help="model directory")
     p.add_argument("--task", default=None, help="task (default: the one the model's dataset recorded)")
@@ -30,6 +32,14 @@ def add_parser(sub) -> None:
     p.add_argument("--n-action-steps", type=int, default=None, help="actions executed per chunk")
     p.add_argument("--device", default="cpu")
     add_threads_argument(p)
+    g = p.add_argument_group("your own environment (docs/dataset.md)")
+    g.add_argument("--env", default=None, metavar="MODULE:FACTORY",
+                   help="evaluate in the gymnasium env this callable returns instead of the simulation")
+    g.add_argument("--env-kwargs", default="{}", metavar="JSON", help="keyword arguments of the factory")
+    g.add_argument("--obs-map", action="append", default=None, metavar="KEY=ENTRY",
+                   help="the policy's observation KEY is the env's observation (or info) ENTRY; repeatable")
+    g.add_argument("--max-steps", type=int, default=None, help="end an episode after this many steps")
+    g.add_argument("--stop-at-success", action="store_true", help="end an episode at its first success")
     p.set_defaults(run=run)
 
 
@@ -75,9 +85,26 @@ def run(args) -> int:
     if args.episodes < 1:
         raise ConfigError(f"--episodes must be >= 1, got {args.episodes}")
     configure_threads(args.threads)
-    check_seed_overlap(read_config(args.model), args.seed0, args.episodes)
-    policy, task, config, options = load_rollout_policy(args.model, args.task, args.sampler, args.steps, args.device)
-    report = evaluate_policy(policy, task, args.episodes, seed0=args.seed0, n_action_steps=args.n_action_steps)
+    if args.env is None:  # the demonstration seeds are the simulation's; another env's seeds are its own
+        check_seed_overlap(read_config(args.model), args.seed0, args.episodes)
+    policy, task, config, options = load_rollout_policy(args.model, args.task or args.env, args.sampler, args.steps,
+                                                        args.device)
+    episode_end = {"max_steps": args.max_steps, "stop_at_success": args.stop_at_success}
+    if args.env is None:
+        report = evaluate_policy(policy, task, args.episodes, seed0=args.seed0, n_action_steps=args.n_action_steps,
+                                 **episode_end)
+    else:
+        from fastdp_ros.data.importers import parse_mapping
+        from fastdp_ros.runtime.gym_env import ObservationAdapter, make_env
+
+        adapter = ObservationAdapter(policy.spec, parse_mapping(args.obs_map, "--obs-map"))
+        env = make_env(args.env, args.env_kwargs)
+        try:
+            report = evaluate_policy(policy, task, args.episodes, seed0=args.seed0, n_action_steps=args.n_action_steps,
+                                     env=env, observe=adapter, **episode_end)
+        finally:
+            getattr(env, "close", lambda: None)()
+        report.extra.update({"env": args.env, "env_kwargs": args.env_kwargs})
     report.extra.update({"model": str(args.model), "policy_type": config["policy_type"], **options})
     lo, hi = report.success_ci95
     lat = report.latency_ms

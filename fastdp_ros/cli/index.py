@@ -53,10 +53,13 @@ def run(args) -> int:
     if args.policy not in INDEXABLE:
         raise ConfigError(f"`fastdp index` builds {', '.join(INDEXABLE)} models; got --policy {args.policy!r} "
                           "(ALT builds its table during `fastdp train --policy alt`)")
+    from fastdp_ros.data.check import require_dataset
     from fastdp_ros.hardware import configure_threads
     from fastdp_ros.policies.ragdp import RAGDPConfig, RAGDPPolicy, build_ragdp, parse_leap_ratio
     from fastdp_ros.retrieval import IndexConfig
 
+    if args.dataset is not None:
+        require_dataset(args.dataset)
     configure_threads(args.threads, role="training")
 
     index = IndexConfig(kind=args.index_kind, metric=args.metric, encoding=args.encoding, nlist=args.nlist,

@@ -19,7 +19,7 @@ from fastdp_ros.errors import FastDPError
 log = logging.getLogger("fastdp")
 
 #: subcommand modules, in the order `fastdp --help` lists them
-COMMANDS = ("fastdp_ros.cli.collect", "fastdp_ros.cli.train", "fastdp_ros.cli.convert",
+COMMANDS = ("fastdp_ros.cli.collect", "fastdp_ros.cli.importer", "fastdp_ros.cli.dataset", "fastdp_ros.cli.train", "fastdp_ros.cli.convert",
             "fastdp_ros.cli.distill", "fastdp_ros.cli.eval",
             "fastdp_ros.cli.run", "fastdp_ros.cli.index", "fastdp_ros.cli.export", "fastdp_ros.cli.bench")
 

@@ -105,6 +105,13 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
+def check_dataset_keys(args) -> None:
+    """Every problem of the dataset in one line, before any work (data/check.py)."""
+    from fastdp_ros.data.check import require_dataset
+
+    require_dataset(args.dataset, keys=(*args.image_keys, *args.lowdim_keys))
+
+
 def run(args) -> int:
     if args.policy not in TRAINABLE:
         raise ConfigError(f"`fastdp train` trains {', '.join(TRAINABLE)}; got --policy {args.policy!r}")
@@ -126,6 +133,7 @@ def run(args) -> int:
     settings = TrainSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=warmup_steps(args),
                              val_every=args.val_every, ckpt_every=args.ckpt_every, seed=args.seed,
                              device=args.device, num_workers=args.num_workers, **settings_options(args))
+    check_dataset_keys(args)
     result = train_diffusion_policy(
         args.dataset, args.out, config, settings, image_keys=args.image_keys, lowdim_keys=args.lowdim_keys,
         horizon=args.horizon, n_obs_steps=args.n_obs_steps, n_action_steps=args.n_action_steps,
@@ -148,6 +156,7 @@ def run_alt(args) -> int:
     settings = TrainSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=warmup_steps(args),
                              val_every=args.val_every, ckpt_every=args.ckpt_every, seed=args.seed,
                              device=args.device, num_workers=args.num_workers, **settings_options(args))
+    check_dataset_keys(args)
     summary = train_alt(
         args.dataset, args.out, config, settings, image_keys=args.image_keys, lowdim_keys=args.lowdim_keys,
         horizon=args.horizon, n_obs_steps=args.n_obs_steps, n_action_steps=args.n_action_steps,

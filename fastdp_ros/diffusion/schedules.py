@@ -143,6 +143,9 @@ class VPPreconditioning:
         if not bool((self.log_sigmas[1:] > self.log_sigmas[:-1]).all()):
             raise ConfigError("VP preconditioning needs a schedule whose noise grows with t")
         self._table = self.log_sigmas.tolist()
+        # the table on each (device, dtype) it is used with, made once: a copy per call would be a
+        # host-to-device transfer inside every step, which CUDA graph capture refuses
+        self._device_tables: dict[tuple, torch.Tensor] = {}
 
     def __repr__(self) -> str:
         return f"VPPreconditioning(num_train_timesteps={len(self.log_sigmas)})"
@@ -152,7 +155,7 @@ class VPPreconditioning:
         if torch.is_tensor(sigma):
             # sum of per-segment fractions = piecewise-linear interpolation, clamped at both
             # ends; unlike searchsorted it exports to ONNX (Sub, Div, Clip, ReduceSum)
-            table = self.log_sigmas.to(device=sigma.device, dtype=sigma.dtype)
+            table = self.table_on(sigma.device, sigma.dtype)
             x = torch.log(sigma).unsqueeze(-1)
             return ((x - table[:-1]) / (table[1:] - table[:-1])).clamp(0.0, 1.0).sum(-1)
         sigma = float(sigma)
@@ -164,6 +167,13 @@ class VPPreconditioning:
         i = min(max(bisect.bisect_right(table, x), 1), len(table) - 1)
         lo, hi = table[i - 1], table[i]
         return (i - 1) + min(1.0, max(0.0, (x - lo) / (hi - lo)))
+
+    def table_on(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """ln sigma_t for every DDPM timestep, as a tensor on `device` (kept for the next call)."""
+        key = (device, dtype)
+        if key not in self._device_tables:
+            self._device_tables[key] = self.log_sigmas.to(device=device, dtype=dtype)
+        return self._device_tables[key]
 
     def __call__(self, sigma, sigma_data: float = 0.5):
         t = self.timestep(sigma)

@@ -14,6 +14,9 @@ used; a missing one is a ConfigError that says what to install.
 from __future__ import annotations
 
 import abc
+import functools
+import re
+import subprocess
 from pathlib import Path
 from typing import Callable, ClassVar
 
@@ -110,13 +113,42 @@ class Backend(abc.ABC):
 
 
 def device_tag(device: str) -> str:
-    """Device part of a cache key: the GPU model matters for compiled GPU engines."""
+    """Device part of a cache key. A compiled GPU engine (TensorRT above all) is only valid for
+    the GPU model, compute capability, CUDA and driver it was built with: any of them changing
+    gives another key, so the engine is rebuilt rather than loaded on the wrong device."""
     dev = torch.device(device)
     if dev.type != "cuda":
         return "cpu"
     index = dev.index if dev.index is not None else torch.cuda.current_device()
     major, minor = torch.cuda.get_device_capability(index)
-    return f"cuda:{torch.cuda.get_device_name(index)}:sm{major}{minor}:cuda{torch.version.cuda}"
+    return (f"cuda:{torch.cuda.get_device_name(index)}:sm{major}{minor}:cuda{torch.version.cuda}"
+            f":driver{gpu_driver_version()}")
+
+
+@functools.lru_cache(maxsize=None)
+def gpu_driver_version() -> str:
+    """The NVIDIA driver's version ('580.159.03'), or 'unknown' where no source answers.
+
+    /proc/driver/nvidia/version first (no process to start); nvidia-smi where the proc file is
+    hidden (containers, microVMs)."""
+    try:
+        found = driver_version_from_proc(Path("/proc/driver/nvidia/version").read_text())
+        if found:
+            return found
+    except OSError:
+        pass
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20, check=True).stdout
+        return out.split()[0]
+    except (OSError, subprocess.SubprocessError, IndexError):
+        return "unknown"
+
+
+def driver_version_from_proc(text: str) -> str | None:
+    """'580.159.03' from /proc/driver/nvidia/version's NVRM line (proprietary or open module)."""
+    found = re.search(r"Kernel Module\s+(?:for \S+\s+)?(\d+(?:\.\d+)+)", text)
+    return found.group(1) if found else None
 
 
 def example_arrays(graph: ExportGraph) -> list[np.ndarray]:

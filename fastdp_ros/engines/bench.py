@@ -70,6 +70,8 @@ class BenchRow:
     gpu_peak_mb: float | None = None  # torch allocator peak (CUDA only)
     gpu_used_increase_mb: float | None = None  # device memory in use after the row minus before (all libraries)
     load_seconds: float | None = None
+    build_seconds: float | None = None  # export/compile time when this row built the engine
+    engine_bytes: int | None = None  # the cached engine file (None: the backend persists none)
     engine_built: bool | None = None
     parity_max_abs_diff: float | None = None
     parity_tolerance: float | None = None
@@ -199,6 +201,9 @@ def bench_one(model_dir: str | os.PathLike, backend: str, calls: int = 200, warm
         row.gpu_peak_mb = torch.cuda.max_memory_allocated() / 2**20
         row.gpu_used_increase_mb = (gpu_free0 - torch.cuda.mem_get_info()[0]) / 2**20
     row.load_seconds, row.engine_built = info.load_seconds, info.built
+    row.build_seconds = info.build_seconds
+    if info.engine_path and Path(info.engine_path).is_file():
+        row.engine_bytes = Path(info.engine_path).stat().st_size
     row.parity_max_abs_diff, row.parity_tolerance = info.parity_max_abs_diff, info.parity_tolerance
     del policy
     gc.collect()

@@ -55,7 +55,7 @@ def markdown(report: dict) -> str:
             cells = [r["name"], r["policy_type"], r["description"], str(r["nfe"]), f"{r['parameters'] / 1e6:.2f}M",
                      f"{lat['p50']:.2f}", f"{lat['p90']:.2f}", f"{lat['p99']:.2f}", f"{r['replan_hz']:.0f}",
                      "yes" if lat["p99"] <= 1000.0 / report.get("target_hz", 60) else "no",
-                     f"{r['speedup']:.2f}x", _fmt(r["peak_rss_mb"], ".0f")]
+                     _fmt(r["speedup"], ".2f") + ("x" if r["speedup"] is not None else ""), _fmt(r["peak_rss_mb"], ".0f")]
             cells += [_fmt(r.get("gpu_peak_mb"), ".0f")] if gpu else []
             cells += [_fmt(r["parity_max_abs_diff"], ".1e"), _fmt(r["load_seconds"], ".1f")]
             cells += [_fmt(r.get("success_rate"), ".0%")] if success else []

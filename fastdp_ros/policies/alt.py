@@ -48,6 +48,7 @@ from fastdp_ros.retrieval import (
     observation_windows,
     ood_evaluation,
 )
+from fastdp_ros.retrieval.ood import LOWDIM_PERTURBATIONS, PERTURBATIONS
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +221,7 @@ class ALTEncoder(nn.Module):
         """NT-Xent loss of a batch of prepared frames {"images": {key: (B, 3, h, w)}, "lowdim": (B, D)}
         (with shifted negatives: of the batch plus its shifted copies, each copy an instance)."""
         images, lowdim = batch["images"], batch.get("lowdim")
-        if self.config.shifted_negatives:
+        if self.config.shifted_negatives and self.image_keys:  # shifts of images: nothing to shift without cameras
             shifted = shift_frames(images, self.config)
             images = {k: torch.cat([images[k].float(), shifted[k]]) for k in images}
             lowdim = None if lowdim is None else torch.cat([lowdim, lowdim])
@@ -694,14 +695,15 @@ def holdout_observations(policy: ALTPolicy, buffer, episodes, max_frames: int = 
 
 def evaluate_ood(policy: ALTPolicy, buffer, episodes, max_frames: int = 2000, seed: int = 0) -> dict:
     """AUROC of the OOD score: frames of `episodes` (not in the table) against perturbed copies."""
-    if not policy.spec.image_keys:
-        raise ConfigError("the OOD evaluation perturbs camera images; this ALT model has no cameras")
     obs = holdout_observations(policy, buffer, episodes, max_frames, seed)
-    report = ood_evaluation(policy.score_batch, obs, policy.spec.image_keys, policy.threshold, seed=seed)
+    cameras = bool(policy.spec.image_keys)
+    report = ood_evaluation(policy.score_batch, obs, policy.spec.image_keys, policy.threshold,
+                            kinds=PERTURBATIONS if cameras else LOWDIM_PERTURBATIONS, seed=seed)
+    notes = ("applied to every camera: cube_colour recolours red-cube pixels blue, global_colour rolls RGB channels "
+             "(120 degree hue turn), camera_shift translates by 1/8 of the image, noise adds N(0, 60^2), unrelated "
+             "is a random checkerboard") if cameras else (
+             "no cameras; applied to every low-dimensional key, per dimension scaled by its spread s (max - min) "
+             "over the held-out frames: state_offset adds +-s/2, state_noise adds N(0, (s/4)^2)")
     report.update({"episodes": [int(e) for e in episodes], "dataset": str(buffer.path),
-                   "quantile": policy.config.ood_quantile,
-                   "perturbation_notes": "applied to every camera: cube_colour recolours red-cube pixels blue, "
-                                         "global_colour rolls RGB channels (120 degree hue turn), camera_shift "
-                                         "translates by 1/8 of the image, noise adds N(0, 60^2), unrelated is a "
-                                         "random checkerboard"})
+                   "quantile": policy.config.ood_quantile, "perturbation_notes": notes})
     return report

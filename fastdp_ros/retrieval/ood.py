@@ -15,6 +15,13 @@ monitor must catch; each applies to every camera of the observation:
                  a bumped camera
   noise          additive Gaussian noise, std 60 (of 255)
   unrelated      a random two-colour checkerboard instead of the scene
+
+Observations without cameras get low-dimensional perturbations instead, applied to every
+low-dimensional key, scaled by each dimension's spread over the batch (its max - min):
+
+  state_offset   every value moved by half its spread, up or down at random per frame: a
+                 state beside the demonstrations'
+  state_noise    Gaussian noise of a quarter of the spread on every value
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import numpy as np
 from fastdp_ros.errors import ConfigError
 
 PERTURBATIONS = ("cube_colour", "global_colour", "camera_shift", "noise", "unrelated")
+LOWDIM_PERTURBATIONS = ("state_offset", "state_noise")
 NOISE_STD = 60.0
 
 
@@ -105,9 +113,25 @@ def perturb_images(images: np.ndarray, kind: str, rng: np.random.Generator) -> n
     raise ConfigError(f"unknown perturbation {kind!r}; known: {', '.join(PERTURBATIONS)}")
 
 
+def perturb_lowdim(values: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarray:
+    """A perturbed copy of a batch of low-dim values (N, ..., d); see the module docs for the kinds."""
+    values = np.asarray(values, np.float64)
+    spread = np.ptp(values.reshape(-1, values.shape[-1]), axis=0) if values.size else np.zeros(values.shape[-1])
+    spread = np.where(spread > 0, spread, 1.0)  # a constant dimension still moves
+    if kind == "state_offset":
+        sign = np.where(rng.random((len(values),) + (1,) * (values.ndim - 1)) < 0.5, -1.0, 1.0)
+        return (values + sign * 0.5 * spread).astype(np.float32)
+    if kind == "state_noise":
+        return (values + rng.normal(0.0, 1.0, values.shape) * 0.25 * spread).astype(np.float32)
+    raise ConfigError(f"unknown low-dimensional perturbation {kind!r}; known: {', '.join(LOWDIM_PERTURBATIONS)}")
+
+
 def perturb_observations(obs: Mapping[str, np.ndarray], image_keys: Sequence[str], kind: str,
                          rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Copy of a batch of observations with every camera perturbed (low-dim keys untouched)."""
+    """Copy of a batch of observations with every camera perturbed (low-dim keys untouched), or,
+    for a LOWDIM_PERTURBATIONS kind, every low-dim key perturbed (cameras untouched)."""
+    if kind in LOWDIM_PERTURBATIONS:
+        return {k: v if k in image_keys else perturb_lowdim(v, kind, rng) for k, v in obs.items()}
     if not image_keys:
         raise ConfigError("image perturbations need an observation with cameras")
     return {k: perturb_images(v, kind, rng) if k in image_keys else v for k, v in obs.items()}

@@ -102,21 +102,38 @@ def extra_observation(obs: dict, info: dict, keys) -> dict:
 
 
 def evaluate_policy(policy, task: str, episodes: int, seed0: int = EVAL_SEED0, n_action_steps: int | None = None,
-                    show_progress: bool = True, env=None, on_step=None, on_episode=None) -> EvalReport:
+                    show_progress: bool = True, env=None, on_step=None, on_episode=None, observe=None,
+                    max_steps: int | None = None, stop_at_success: bool = False) -> EvalReport:
     """Roll `policy` out for `episodes` episodes of `task` from seeds seed0, seed0 + 1, ...
 
+    env: None for the simulation's `task`, or any gymnasium env; observe(obs, info) then maps its
+    observations onto the policy's keys (runtime.gym_env.ObservationAdapter). An episode ends
+    when the env ends it, after max_steps steps, or (stop_at_success) at the first success.
     on_step(obs, info, action, reward) sees every step: the observation and info the action
     was chosen from, the action executed and the reward that followed; on_episode(result) sees
     each finished episode's EpisodeResult (`fastdp collect --policy` records rollouts this way).
     """
-    from fastdp_ros.sim import STEP_COST, SUCCESS_BONUS, make_env
+    from fastdp_ros.runtime.gym_env import success_of
 
     spec = policy.spec
+    if max_steps is not None and max_steps < 1:
+        raise ConfigError(f"max_steps must be >= 1, got {max_steps}")
     n_exec = n_action_steps or spec.n_action_steps
     if not 1 <= n_exec <= spec.horizon - spec.n_obs_steps + 1:
         raise ConfigError(f"n_action_steps must be in [1, {spec.horizon - spec.n_obs_steps + 1}], got {n_exec}")
     own_env = env is None
+    sim_extra = {}
+    if observe is None:
+        from fastdp_ros.sim import STEP_COST, SUCCESS_BONUS
+
+        sim_extra = {"reward": {"step_cost": STEP_COST, "success_bonus": SUCCESS_BONUS}}
+        keys = spec.obs_keys
+
+        def observe(obs, info):
+            return extra_observation(obs, info, keys)
     if own_env:
+        from fastdp_ros.sim import make_env
+
         h, w, _ = spec.image_shape if spec.image_keys else (96, 96, 3)
         env = make_env(task, image_size=(h, w), cameras=cameras_of(spec) or ("front",), control_dt=spec.dt,
                        render=bool(spec.image_keys))
@@ -126,11 +143,11 @@ def evaluate_policy(policy, task: str, episodes: int, seed0: int = EVAL_SEED0, n
     start = spec.n_obs_steps - 1
     try:
         obs, info = env.reset(seed=seed0)
-        policy.act(stack_history(deque([extra_observation(obs, info, keys)] * spec.n_obs_steps), keys))  # warm-up
+        policy.act(stack_history(deque([observe(obs, info)] * spec.n_obs_steps), keys))  # warm-up
         for i in tqdm(range(episodes), desc=f"eval {task}", unit="ep", disable=not show_progress):
             seed = seed0 + i
             obs, info = env.reset(seed=seed)
-            history = deque([extra_observation(obs, info, keys)] * spec.n_obs_steps, maxlen=spec.n_obs_steps)
+            history = deque([observe(obs, info)] * spec.n_obs_steps, maxlen=spec.n_obs_steps)
             ret, steps, calls, success, done = 0.0, 0, 0, False, False
             while not done:
                 t0 = time.perf_counter()
@@ -142,11 +159,11 @@ def evaluate_policy(policy, task: str, episodes: int, seed0: int = EVAL_SEED0, n
                     obs, reward, terminated, truncated, info = env.step(action)
                     if on_step is not None:
                         on_step(*before, action, reward)
-                    history.append(extra_observation(obs, info, keys))
-                    ret += reward
+                    history.append(observe(obs, info))
+                    ret += float(reward)
                     steps += 1
-                    success = success or bool(info.get("success", False))
-                    if terminated or truncated:
+                    success = success or success_of(info)
+                    if terminated or truncated or steps == max_steps or (stop_at_success and success):
                         done = True
                         break
             final = {k: float(v) for k, v in info.items()
@@ -164,5 +181,5 @@ def evaluate_policy(policy, task: str, episodes: int, seed0: int = EVAL_SEED0, n
         mean_return=float(np.mean([r.episode_return for r in results])) if results else float("nan"),
         nfe=int(policy.nfe), latency_ms=latency_summary(latencies), n_action_steps=n_exec,
         seeds=[r.seed for r in results], per_episode=[asdict(r) for r in results],
-        extra={"reward": {"step_cost": STEP_COST, "success_bonus": SUCCESS_BONUS}},
+        extra=sim_extra,
     )
