@@ -34,7 +34,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
         importlib.import_module(name).add_parser(sub)
+    for command in sub.choices.values():
+        show_defaults(command)
     return parser
+
+
+def show_defaults(parser: argparse.ArgumentParser) -> None:
+    """`--help` shows every option's default, also of options without a help text (argparse's
+    ArgumentDefaultsHelpFormatter only adds it to those with one)."""
+    for action in parser._actions:
+        if action.help is None and action.option_strings and action.default not in (None, False,
+                                                                                      argparse.SUPPRESS):
+            action.help = "(default: %(default)s)"
 
 
 def main(argv: list[str] | None = None) -> int:
