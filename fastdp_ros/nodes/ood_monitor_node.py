@@ -111,14 +111,14 @@ class OODMonitorNode(Node):
 
 
 def main(args=None) -> int:
-    rclpy.init(args=args)
+    shutdown = common.init(args)
     try:
         node = OODMonitorNode()
     except FastDPError as e:
         rclpy.logging.get_logger(MONITOR_NODE_NAME).fatal(f"cannot start: {e}")
         rclpy.try_shutdown()
         return 1
-    return common.spin(node, close=node.close)
+    return common.spin(node, shutdown, close=node.close)
 
 
 if __name__ == "__main__":

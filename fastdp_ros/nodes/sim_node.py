@@ -96,14 +96,15 @@ class SimNode(Node):
 
 
 def main(args=None) -> int:
-    rclpy.init(args=args)
+    shutdown = common.init(args)
     try:
         node = SimNode()
     except FastDPError as e:
         rclpy.logging.get_logger(SIM_NODE_NAME).fatal(f"cannot start: {e}")
         rclpy.try_shutdown()
         return 1
-    return common.spin(node, until=lambda: node.finished, close=node.close)
+    # one thread, this one: the renderer's OpenGL context was made current here
+    return common.spin(node, shutdown, until=lambda: node.finished, close=node.close, single_threaded=True)
 
 
 if __name__ == "__main__":
