@@ -11,7 +11,7 @@ from rosbags.typesys import Stores, get_typestore
 
 from fastdp_ros.errors import ConfigError, ModelFileError
 from fastdp_ros.nodes import conversions as conv
-from fastdp_ros.nodes import kinematics
+from fastdp_ros.nodes import kinematics, sensors
 from fastdp_ros.nodes.catalog import PolicyCatalog
 from fastdp_ros.nodes.parameters import POLICY_PARAMETERS, defaults
 from fastdp_ros.nodes.policy_logic import PolicyLogic, PolicyNodeConfig, parse_workspace
@@ -290,12 +290,34 @@ def test_wrong_image_encoding_or_size_is_reported_not_used(catalog):
     bad = image_msg(clock.t)
     bad.encoding = "yuv422"
     assert not logic.on_image("img_front", bad, clock.t)
-    report = logic.intake.report()
+    report = logic.intake.report(clock.t)
     assert report["/camera/front/image_raw errors"] == "2"
     assert "not supported" in report["/camera/front/image_raw last error"]
     logic.on_joint_state(joint_msg(clock.t, Q0), clock.t)
     assert logic.tick(clock.t) is None  # no usable frame yet
     logic.cleanup()
+
+
+def sensors_status(logic, now):
+    return next(e for e in logic.diagnostics(now) if e.name.endswith("sensors"))
+
+
+def test_conversion_errors_clear_once_the_streams_are_healthy_again(running):
+    """Bug: the sensors diagnostic kept old conversion errors as ERROR minutes after the fix."""
+    logic, clock, _, q = running
+    bad = image_msg(clock.t)
+    bad.encoding = "yuv422"
+    assert not logic.on_image("img_front", bad, clock.t)
+    assert sensors_status(logic, clock.t).level == "ERROR"
+    _, q = run(logic, clock, q, 6)  # good frames again, but the error is recent: still shown
+    assert sensors_status(logic, clock.t).level == "ERROR"
+    _, q = run(logic, clock, q, int(RATE * (sensors.ERROR_HOLD_S + 0.5)))
+    status = sensors_status(logic, clock.t)
+    assert status.level == "OK", status.message
+    assert "not supported" in status.values["/camera/front/image_raw last error"]  # kept as history
+    assert float(status.values["/camera/front/image_raw last error age_s"]) > sensors.ERROR_HOLD_S
+    assert not logic.on_image("img_front", bad, clock.t)  # failing now: an error again at once
+    assert sensors_status(logic, clock.t).level == "ERROR"
 
 
 def test_follows_the_policy(running):

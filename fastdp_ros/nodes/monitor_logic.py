@@ -248,7 +248,7 @@ class MonitorLogic:
         ages = self.buffer.ages(now)
         values.update({f"{k} age_ms": ("never" if self.buffer.latest_stamp(k) is None else f"{1e3 * a:.1f}")
                        for k, a in ages.items()})
-        values.update(self.intake.report())
+        values.update(self.intake.report(now))
         never = [k for k in self.buffer.keys if self.buffer.latest_stamp(k) is None]
         if self.latch.stopped:
             level, message = "ERROR", f"STOP: {self.latch.reason}"

@@ -40,6 +40,7 @@ STOP_TOPIC = "/fastdp/stop"
 OOD_SCORE_TOPIC = "/fastdp/ood_score"
 GRIPPER_COMMAND_TOPIC = "/fastdp/gripper_width"  # std_msgs/Float64, opening width in m
 EPISODE_TOPIC = "/fastdp_sim/episode"  # std_msgs/Header: the simulation started a new episode
+OUTCOME_TOPIC = "/fastdp_sim/outcome"  # std_msgs/String, JSON: how an episode ended
 DEFAULT_IMAGE_KEYS = ["img_front", "img_wrist"]  # `fastdp train`'s default cameras
 DEFAULT_IMAGE_TOPICS = ["/camera/front/image_raw", "/camera/wrist/image_raw"]
 
@@ -211,6 +212,8 @@ SIM_PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("episodes", 0, "stop after this many episodes; 0: run until shut down"),
     ParamSpec("auto_reset", True, "start a new episode after a success or the task's time limit"),
     ParamSpec("episode_topic", EPISODE_TOPIC, "std_msgs/Header published at every episode reset"),
+    ParamSpec("outcome_topic", OUTCOME_TOPIC, "std_msgs/String, a JSON object per finished episode: episode, "
+                                              "seed, success, duration_s (reliable)"),
     ParamSpec("reset_command_tolerance", 0.01, "after a reset, arm commands apply once one lies within this "
                                                "many radians of the new start (the policy has restarted)"),
     ParamSpec("publish_clock", False, "publish the simulated time on /clock (run the other nodes with "

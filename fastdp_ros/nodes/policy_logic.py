@@ -512,8 +512,8 @@ class PolicyLogic:
         ages = r.buffer.ages(now)
         stream_values = {f"{k} age_ms": _fmt(1e3 * a) for k, a in ages.items()}
         stale = r.buffer.stale(now) if self.started else {}
-        stream_values.update(self.intake.report())
-        errors = {k: v for k, v in stream_values.items() if k.endswith("last error")}
+        stream_values.update(self.intake.report(now))
+        errors = self.intake.current_errors(now)  # past errors stay in the values, not in the level
         s_level = "ERROR" if errors else ("WARN" if stale else "OK")
         s_message = (f"conversion errors: {'; '.join(errors.values())}" if errors
                      else f"stale: {', '.join(stale)}" if stale else "all streams fresh")
