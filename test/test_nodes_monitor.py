@@ -9,7 +9,7 @@ from fastdp_ros.errors import ConfigError
 from fastdp_ros.nodes import conversions as conv
 from fastdp_ros.nodes.catalog import ModelEntry
 from fastdp_ros.nodes.monitor_logic import AltScorer, MonitorConfig, MonitorLogic, MonitorStep, build_scorer
-from fastdp_ros.nodes.parameters import MONITOR_PARAMETERS, defaults
+from fastdp_ros.nodes.parameters import MONITOR_PARAMETERS, STREAM_TIMEOUT_FLOOR, defaults
 from fastdp_ros.nodes.sensors import SensorConfig
 from fastdp_ros.policies import PolicySpec
 from fastdp_ros.robots import FR3
@@ -152,13 +152,39 @@ def test_silent_camera_stops_once_it_has_started(monitor):
         _, step = frame(m, clock, IN, camera=False)
         assert not step.stopped
     assert m.diagnostics(clock.t)[0].message == "no data yet on img_front"
-    frame(m, clock, IN)
-    for _ in range(9):  # 0.3 s of silence > 2 recording periods of 0.1 s
+    for _ in range(5):
+        frame(m, clock, IN)
+    for _ in range(int(STREAM_TIMEOUT_FLOOR / CAMERA_PERIOD) - 1):  # within the floor (> 10 camera periods)
+        _, step = frame(m, clock, IN, camera=False)
+        assert not step.stopped, m.latch.reason
+    for _ in range(2):
         _, step = frame(m, clock, IN, camera=False)
     assert step.stopped and "stream 'img_front' went silent" in m.latch.reason
     m.reset(clock.t)
     _, step = frame(m, clock, IN, camera=False)
     assert step.stopped  # a standing fault latches again
+
+
+def test_stream_limit_follows_the_streams_measured_period():
+    """A 2.5 Hz camera is healthy at 2.5 Hz: its limit is 10 of its periods (4 s), not the
+    floor; the floor still holds for a fast stream."""
+    m, clock = make_monitor()
+    try:
+        for _ in range(10):  # 4 s of a 2.5 Hz camera, joints at 30 Hz
+            assert m.on_image("img_front", image_msg(clock.t, IN), clock.t)
+            for _ in range(12):
+                frame(m, clock, IN, camera=False)
+        assert m.buffer.period("img_front") == pytest.approx(12 * CAMERA_PERIOD)
+        assert m.buffer.max_age("img_front") == pytest.approx(10 * 12 * CAMERA_PERIOD)
+        assert m.buffer.max_age("joint_pos") == STREAM_TIMEOUT_FLOOR
+        for _ in range(int(3.5 / CAMERA_PERIOD)):  # silent for 3.9 s in all: within its limit
+            frame(m, clock, IN, camera=False)
+        assert not m.latch.stopped, m.latch.reason
+        for _ in range(int(0.2 / CAMERA_PERIOD)):
+            frame(m, clock, IN, camera=False)
+        assert m.latch.stopped and "stream 'img_front' went silent" in m.latch.reason
+    finally:
+        m.close()
 
 
 def test_paused_command_stream_stops(monitor):
@@ -168,7 +194,7 @@ def test_paused_command_stream_stops(monitor):
     for _ in range(5):
         m.on_command(clock.t)
         assert not frame(m, clock, IN)[1].stopped
-    for _ in range(6):  # 0.2 s without commands
+    for _ in range(int(0.6 / CAMERA_PERIOD)):  # 0.6 s without commands > command_timeout
         _, step = frame(m, clock, IN)
         if step.stopped:
             break
@@ -193,7 +219,9 @@ def test_monitor_config_validation():
         MonitorConfig.from_params(params(max_check_rate=0.0))
     with pytest.raises(ConfigError, match="command_timeout"):
         MonitorConfig.from_params(params(command_timeout=-1.0))
-    assert MonitorConfig.from_params(params(stream_max_age=0.0)).stream_max_age is None
+    with pytest.raises(ConfigError, match="stream_timeout_floor"):
+        MonitorConfig.from_params(params(stream_timeout_floor=0.0))
+    assert MonitorConfig.from_params(params()).stream_timeouts == (STREAM_TIMEOUT_FLOOR, 10.0)
 
 
 def test_scorer_choice(tmp_path):

@@ -13,7 +13,7 @@ from fastdp_ros.errors import ConfigError, ModelFileError
 from fastdp_ros.nodes import conversions as conv
 from fastdp_ros.nodes import kinematics, sensors
 from fastdp_ros.nodes.catalog import PolicyCatalog
-from fastdp_ros.nodes.parameters import POLICY_PARAMETERS, defaults
+from fastdp_ros.nodes.parameters import POLICY_PARAMETERS, STREAM_TIMEOUT_FLOOR, defaults
 from fastdp_ros.nodes.policy_logic import PolicyLogic, PolicyNodeConfig, parse_workspace
 from fastdp_ros.policies import Policy, PolicySpec
 from fastdp_ros.robots import FR3
@@ -469,7 +469,7 @@ def test_reset_keeps_holding_while_the_monitor_flag_stands(running):
 
 def test_stale_camera_stops_and_reset_restarts(running):
     logic, clock, _, q = running
-    for _ in range(30):  # joint states keep coming, the camera does not
+    for _ in range(int(RATE * (STREAM_TIMEOUT_FLOOR + 0.1))):  # joint states keep coming, the camera does not
         clock.t += 1 / RATE
         logic.on_joint_state(joint_msg(clock.t, q), clock.t)
         out = logic.tick(clock.t)

@@ -29,7 +29,7 @@ from typing import Any, Callable
 from fastdp_ros.errors import ConfigError
 from fastdp_ros.nodes.catalog import ModelEntry
 from fastdp_ros.nodes.conversions import DiagnosticEntry
-from fastdp_ros.nodes.parameters import MONITOR_NODE_NAME
+from fastdp_ros.nodes.parameters import MONITOR_NODE_NAME, stream_timeouts
 from fastdp_ros.nodes.sensors import SensorConfig, SensorIntake
 from fastdp_ros.runtime.buffer import ObservationBuffer
 from fastdp_ros.runtime.watchdog import StopLatch
@@ -91,21 +91,19 @@ class MonitorConfig:
     debounce: int
     min_check_period: float  # seconds between checks (1 / max_check_rate)
     command_timeout: float
-    stream_max_age: float | None  # None: two recording periods of the model
+    stream_timeouts: tuple[float, float]  # (floor s, periods): parameters.stream_timeouts
 
     @classmethod
     def from_params(cls, params: dict) -> "MonitorConfig":
         debounce, rate = int(params["debounce"]), float(params["max_check_rate"])
-        timeout, age = float(params["command_timeout"]), float(params["stream_max_age"])
+        timeout = float(params["command_timeout"])
         if debounce < 1:
             raise ConfigError(f"debounce must be >= 1 check, got {debounce}")
         if not (math.isfinite(rate) and rate > 0):
             raise ConfigError(f"max_check_rate must be > 0 Hz, got {rate}")
         if not (math.isfinite(timeout) and timeout > 0):
             raise ConfigError(f"command_timeout must be > 0 s, got {timeout}")
-        if not (math.isfinite(age) and age >= 0):
-            raise ConfigError(f"stream_max_age must be >= 0 s (0: the model's default), got {age}")
-        return cls(debounce, 1.0 / rate, timeout, age if age > 0 else None)
+        return cls(debounce, 1.0 / rate, timeout, stream_timeouts(params))
 
 
 @dataclass(frozen=True)
@@ -126,7 +124,8 @@ class MonitorLogic:
         self.config = config
         self.clock = clock
         self.spec = scorer.spec
-        self.buffer = ObservationBuffer.for_spec(self.spec, config.stream_max_age)
+        self.buffer = ObservationBuffer.for_spec(self.spec, config.stream_timeouts[0],
+                                                 age_periods=config.stream_timeouts[1])
         self.intake = SensorIntake(sensor_config, self._observe)
         self.latch = StopLatch()
         self.worker = InferenceWorker(scorer.score, "ood", None, clock).start()
@@ -197,7 +196,7 @@ class MonitorLogic:
             if self.buffer.latest_stamp(key) is None:
                 continue  # never started: reported in diagnostics, the policy node will not move without it
             self.latch.raise_stop("stream", f"stream {key!r} went silent: last sample {age:.3f} s ago (max "
-                                            f"{self.buffer.stream(key).max_age_s:.3f} s)", now, key=key)
+                                            f"{self.buffer.max_age(key):.3f} s)", now, key=key)
         if self._last_command is not None and now - self._last_command > self.config.command_timeout:
             self.latch.raise_stop("command", f"the policy's command stream paused: last command "
                                              f"{now - self._last_command:.3f} s ago (max "

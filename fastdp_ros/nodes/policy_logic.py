@@ -42,7 +42,7 @@ from fastdp_ros.errors import ConfigError, FastDPError
 from fastdp_ros.nodes import kinematics
 from fastdp_ros.nodes.catalog import ModelEntry, PolicyCatalog
 from fastdp_ros.nodes.conversions import FRANKA_ROBOT_MODES, DiagnosticEntry
-from fastdp_ros.nodes.parameters import COMMAND_INTERFACES, POLICY_NODE_NAME, command_topic
+from fastdp_ros.nodes.parameters import COMMAND_INTERFACES, POLICY_NODE_NAME, command_topic, stream_timeouts
 from fastdp_ros.nodes.sensors import SensorConfig, SensorIntake
 from fastdp_ros.robots import get_robot
 from fastdp_ros.runtime.runner import PolicyRunner, RunnerConfig, resolve_loader, warm_up
@@ -93,6 +93,7 @@ class PolicyNodeConfig:
     backend: str
     device: str
     inference_threads: int
+    stream_timeouts: tuple[float, float]  # (floor s, periods): parameters.stream_timeouts
 
     @classmethod
     def from_params(cls, params: dict) -> "PolicyNodeConfig":
@@ -117,7 +118,8 @@ class PolicyNodeConfig:
                    command_topic=command_topic(params),
                    trajectory_lead_s=lead / rate, base_frame=params["base_frame"] or f"{prefix}_link0",
                    workspace=parse_workspace(params["workspace"]), backend=str(params["backend"]),
-                   device=str(params["device"]), inference_threads=int(params["inference_threads"]))
+                   device=str(params["device"]), inference_threads=int(params["inference_threads"]),
+                   stream_timeouts=stream_timeouts(params))
 
 
 @dataclass(frozen=True)
@@ -205,7 +207,9 @@ class PolicyLogic:
         runner_config = RunnerConfig(rate=self.config.control_rate, blend=p["blend"], robot=self.robot.name,
                                      velocity_scale=float(p["velocity_scale"]),
                                      acceleration_scale=float(p["acceleration_scale"]),
-                                     replan_s=None if float(p["replan_period"]) < 0 else float(p["replan_period"]))
+                                     replan_s=None if float(p["replan_period"]) < 0 else float(p["replan_period"]),
+                                     stream_max_age_s=self.config.stream_timeouts[0],
+                                     stream_age_periods=self.config.stream_timeouts[1])
         tcp_offset = float(p["tcp_offset"])
         fk = (lambda q: kinematics.tcp_transform(q, tcp_offset)[0]) if self.config.workspace is not None else None
         self.runner = PolicyRunner(policy, runner_config, loader=self._raw_loader, backend=self.config.backend,
@@ -378,7 +382,7 @@ class PolicyLogic:
             waiting.append("joint_pos")
         for key in self.runner.buffer.keys:
             sample = self._latest.get(key)
-            if sample is None or now - sample[0] > self.runner.buffer.stream(key).max_age_s:
+            if sample is None or now - sample[0] > self.runner.buffer.max_age(key):
                 if key not in waiting:
                     waiting.append(key)
         return waiting
