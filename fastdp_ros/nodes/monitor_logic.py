@@ -67,7 +67,18 @@ class KnnScorer:
 
 
 def build_scorer(entry: ModelEntry, params: dict, loader: Callable[..., Any] | None = None):
-    """The scorer of a model directory: ALT's own, or a kNN monitor over `ood_dataset`."""
+    """The scorer of a model directory: ALT's own, or a kNN monitor over `ood_dataset`; with
+    `ood_threshold` > 0 that threshold instead of the calibrated one."""
+    scorer = _build_scorer(entry, params, loader)
+    threshold = float(params["ood_threshold"])
+    if not (math.isfinite(threshold) and threshold >= 0):
+        raise ConfigError(f"ood_threshold must be >= 0 (0: the calibrated one), got {threshold}")
+    if threshold > 0:
+        scorer.threshold = threshold
+    return scorer
+
+
+def _build_scorer(entry: ModelEntry, params: dict, loader: Callable[..., Any] | None):
     if loader is None:
         from fastdp_ros.policies.base import load_policy as loader
     options = {"device": params["device"], **entry.options}

@@ -139,6 +139,13 @@ class ShutdownRequest:
         if self.signal is None:
             self.signal = signum
 
+    def ignore_further(self) -> None:
+        """Ignore SIGINT/SIGTERM from now on: Python's finalisation resets the handlers it set to
+        the default action, and a forwarded Ctrl-C arriving then would kill the process (exit -2)
+        after a clean shutdown; an ignored signal stays ignored."""
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+
     @property
     def requested(self) -> bool:
         return self.signal is not None
@@ -174,4 +181,5 @@ def spin(node, shutdown: ShutdownRequest, until: Callable[[], bool] | None = Non
             close()
         node.destroy_node()
         rclpy.try_shutdown()
+        shutdown.ignore_further()
     return 0

@@ -195,6 +195,8 @@ MONITOR_PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("ood_dataset", "", "for a model without its own OOD index: the dataset it was trained on "
                                  "(training embeddings and the calibrated threshold come from it)"),
     ParamSpec("ood_samples", 1000, "dataset windows embedded per split (ood_dataset only)"),
+    ParamSpec("ood_threshold", 0.0, "OOD score above which a check counts as out of distribution; 0: the "
+                                     "threshold calibrated with the model (or on ood_dataset)"),
     ParamSpec("ood_quantile", 0.99, "threshold quantile of held-out in-distribution scores (ood_dataset only)"),
     ParamSpec("tcp_offset", FRANKA_HAND_TCP_OFFSET,
               "tool centre point along the hand's z axis (m), for a model observing tcp_pose: 0.1034 for the "

@@ -137,9 +137,13 @@ class GraphProbe:
     # ------------------------------------------------------------------ acting
 
     def publisher(self, msg_type, topic: str, qos=common.SENSOR_QOS):
+        """A publisher that has found the topic's subscribers (up to 10 s): messages sent before
+        discovery completes are lost on a best-effort topic."""
         key = (msg_type, topic)
         if key not in self._publishers:
-            self._publishers[key] = self.node.create_publisher(msg_type, topic, qos)
+            pub = self._publishers[key] = self.node.create_publisher(msg_type, topic, qos)
+            if self.wait_for(lambda: pub.get_subscription_count() > 0, 10.0):
+                time.sleep(0.2)  # the subscriber's side of the match
         return self._publishers[key]
 
     def publish_image(self, topic: str, pixels: np.ndarray, encoding: str = "rgb8", stamp: float | None = None,
@@ -149,10 +153,22 @@ class GraphProbe:
         conv.fill_image(msg, pixels, encoding)
         self.publisher(Image, topic).publish(msg)
 
+    def publish_raw_image(self, topic: str, height: int, width: int, encoding: str, data: bytes,
+                          step: int | None = None) -> None:
+        """An Image as a faulty driver may send it (any encoding, size, step)."""
+        msg = Image()
+        conv.fill_header(msg.header, time.time(), "probe")
+        msg.height, msg.width, msg.encoding = int(height), int(width), encoding
+        msg.step = int(step if step is not None else len(data) // max(1, height))
+        msg.data = bytes(data)
+        self.publisher(Image, topic).publish(msg)
+
     def publish_joint_state(self, topic: str, names: list[str], positions, stamp: float | None = None) -> None:
+        """A JointState as sent, NaN included (conversions.fill_joint_state would refuse those)."""
         msg = JointState()
-        conv.fill_joint_state(msg, names, np.asarray(positions, dtype=np.float64),
-                              time.time() if stamp is None else stamp)
+        conv.fill_header(msg.header, time.time() if stamp is None else stamp, "")
+        msg.name = list(names)
+        msg.position = [float(v) for v in positions]
         self.publisher(JointState, topic).publish(msg)
 
     def _call(self, srv_type, name: str, request, timeout: float):

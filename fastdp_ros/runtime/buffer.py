@@ -224,7 +224,12 @@ class ObservationBuffer:
         if spec.age_periods <= 0:
             return spec.max_age_s
         period = self.period(key)
-        return spec.max_age_s if period is None else max(spec.max_age_s, spec.age_periods * period)
+        limit = spec.max_age_s if period is None else max(spec.max_age_s, spec.age_periods * period)
+        with self._lock:
+            warming = len(self._streams[key].recent) <= spec.age_periods
+        # a stream's first samples arrive while every process of the graph is still starting up
+        # (stalls of 0.57 s measured on a loaded 2-core machine): twice the limit until its rate is known
+        return 2.0 * limit if warming else limit
 
     def max_ages(self) -> dict[str, float]:
         return {k: self.max_age(k) for k in self._streams}
