@@ -563,3 +563,32 @@ def test_deactivated_node_sends_nothing_and_restarts_from_the_measured_state(run
     outs, q2 = run(logic, clock, q_moved, 30)
     np.testing.assert_allclose(outs[0].q, q_moved)
     assert not any(o.stopped for o in outs) and q2[0] > q_moved[0]
+
+
+# ----------------------------------------------------------------------------- hot swap stalls (bug 3)
+
+
+def test_configure_imports_what_a_swap_would_import_first(catalog, monkeypatch):
+    """A swap's first import of faiss held the GIL 50-110 ms and stalled the control timer:
+    configure imports it (and every policy module) before the arm moves."""
+    import fastdp_ros.nodes.policy_logic as policy_logic
+
+    calls = []
+    monkeypatch.setattr(policy_logic, "preload_swap_dependencies", lambda: calls.append(1))
+    logic, _, _ = make_logic(catalog)
+    logic.configure("move")
+    assert calls == [1]
+    logic.cleanup()
+
+
+def test_preloading_imports_faiss_and_the_policy_modules():
+    import subprocess
+    import sys
+
+    code = ("import sys; from fastdp_ros.nodes.policy_logic import preload_swap_dependencies; "
+            "assert 'faiss' not in sys.modules; preload_swap_dependencies(); "
+            "from fastdp_ros.policies.base import _BUILTIN_MODULES; "
+            "missing = [m for m in ['faiss', *_BUILTIN_MODULES] if m not in sys.modules]; "
+            "assert not missing, missing")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -151,6 +151,21 @@ def default_threads() -> int:
     return max(1, (os.cpu_count() or 2) - 1)
 
 
+def preload_swap_dependencies() -> None:
+    """Import now what a later hot swap may import for the first time: the policy modules and
+    faiss (retrieval-based policies). A first import holds the GIL while it loads its shared
+    libraries (faiss: 50-110 ms measured), and a swap doing it in its background thread stalled
+    the control timer for that long."""
+    from fastdp_ros.policies.base import registered_policies
+    from fastdp_ros.retrieval.index import import_faiss
+
+    registered_policies()
+    try:
+        import_faiss()
+    except ConfigError:
+        pass  # a swap to a retrieval policy will say so
+
+
 class PolicyLogic:
     """The policy node without ROS. `loader(path, **options) -> Policy` defaults to the engine
     loader (`load_engine_policy`, on `backend`); `clock` is the node's clock in seconds (sensor
@@ -197,6 +212,7 @@ class PolicyLogic:
         threads = self.config.inference_threads or default_threads()
         _set_torch_threads(threads)
         t0 = time.perf_counter()
+        preload_swap_dependencies()
         policy = self.load(str(entry.path), **self._options(entry, threads))
         latency = warm_up(policy, calls=2)
         spec = policy.spec
