@@ -1,6 +1,8 @@
 """The OOD-monitor node's logic through the methods its callbacks call: debounced latched stop,
 reset, watchdogs for silent sensor streams and a paused command stream, scorer selection."""
 
+import json
+
 import numpy as np
 import pytest
 from rosbags.typesys import Stores, get_typestore
@@ -13,6 +15,7 @@ from fastdp_ros.nodes.parameters import MONITOR_PARAMETERS, STREAM_TIMEOUT_FLOOR
 from fastdp_ros.nodes.sensors import SensorConfig
 from fastdp_ros.policies import PolicySpec
 from fastdp_ros.robots import FR3
+from fastdp_ros.runtime.ood import CALIBRATION_FILE
 
 TS = get_typestore(Stores.ROS2_HUMBLE)
 SPEC = PolicySpec(image_keys=("img_front",), image_shape=(8, 8, 3), lowdim_dims={"joint_pos": 7}, action_dim=8,
@@ -152,7 +155,7 @@ def test_silent_camera_stops_once_it_has_started(monitor):
         _, step = frame(m, clock, IN, camera=False)
         assert not step.stopped
     assert m.diagnostics(clock.t)[0].message == "no data yet on img_front"
-    for _ in range(5):
+    for _ in range(12):  # more than stream_timeout_periods samples: its rate is known
         frame(m, clock, IN)
     for _ in range(int(STREAM_TIMEOUT_FLOOR / CAMERA_PERIOD) - 1):  # within the floor (> 10 camera periods)
         _, step = frame(m, clock, IN, camera=False)
@@ -165,12 +168,26 @@ def test_silent_camera_stops_once_it_has_started(monitor):
     assert step.stopped  # a standing fault latches again
 
 
+def test_a_starting_stream_gets_twice_its_limit():
+    """While every process of a graph starts, delivery stalls: a stream's limit is doubled until
+    it has delivered stream_timeout_periods samples."""
+    m, clock = make_monitor()
+    try:
+        frame(m, clock, IN)
+        assert m.buffer.max_age("img_front") == 2 * STREAM_TIMEOUT_FLOOR
+        for _ in range(10):
+            frame(m, clock, IN)
+        assert m.buffer.max_age("img_front") == STREAM_TIMEOUT_FLOOR
+    finally:
+        m.close()
+
+
 def test_stream_limit_follows_the_streams_measured_period():
     """A 2.5 Hz camera is healthy at 2.5 Hz: its limit is 10 of its periods (4 s), not the
     floor; the floor still holds for a fast stream."""
     m, clock = make_monitor()
     try:
-        for _ in range(10):  # 4 s of a 2.5 Hz camera, joints at 30 Hz
+        for _ in range(12):  # 4.8 s of a 2.5 Hz camera (rate known after 10 frames), joints at 30 Hz
             assert m.on_image("img_front", image_msg(clock.t, IN), clock.t)
             for _ in range(12):
                 frame(m, clock, IN, camera=False)
@@ -244,3 +261,26 @@ def test_scorer_choice(tmp_path):
     dp = ModelEntry("dp", tmp_path, {}, {"policy_type": "dp"})
     with pytest.raises(ConfigError, match="without an OOD index of its own .* set ood_dataset"):
         build_scorer(dp, params(), loader)
+
+
+def test_threshold_from_the_calibration_report_or_the_parameter(tmp_path):
+    """scripts/calibrate_ood.py's report beside the model sets the threshold; the parameter
+    overrides it; a broken report is refused with the reason."""
+    class FakeAlt:
+        spec, threshold = SPEC, 0.25
+
+        def ood_score(self, obs):
+            return 0.5
+
+    alt = ModelEntry("alt", tmp_path, {}, {"policy_type": "alt"})
+    load = lambda path, **options: FakeAlt()  # noqa: E731
+    (tmp_path / CALIBRATION_FILE).write_text(json.dumps({"threshold": 0.46, "calibration": {"target_per_hour": 0.1}}))
+    scorer = build_scorer(alt, params(), load)
+    assert scorer.threshold == 0.46 and "0.1 false stops per hour" in scorer.threshold_source
+    scorer = build_scorer(alt, params(ood_threshold=0.5), load)
+    assert scorer.threshold == 0.5 and scorer.threshold_source == "ood_threshold parameter"
+    (tmp_path / CALIBRATION_FILE).write_text("{not json")
+    with pytest.raises(ConfigError, match="is not a calibration report"):
+        build_scorer(alt, params(), load)
+    with pytest.raises(ConfigError, match="ood_threshold must be >= 0"):
+        build_scorer(alt, params(ood_threshold=-1.0), load)

@@ -19,11 +19,13 @@ pauses for longer than `command_timeout`. The stop stays latched until `reset()`
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 from fastdp_ros.errors import ConfigError
@@ -32,6 +34,7 @@ from fastdp_ros.nodes.conversions import DiagnosticEntry
 from fastdp_ros.nodes.parameters import MONITOR_NODE_NAME, stream_timeouts
 from fastdp_ros.nodes.sensors import SensorConfig, SensorIntake
 from fastdp_ros.runtime.buffer import ObservationBuffer
+from fastdp_ros.runtime.ood import CALIBRATION_FILE
 from fastdp_ros.runtime.watchdog import StopLatch
 from fastdp_ros.runtime.worker import InferenceWorker, LatencyRecord
 
@@ -67,14 +70,32 @@ class KnnScorer:
 
 
 def build_scorer(entry: ModelEntry, params: dict, loader: Callable[..., Any] | None = None):
-    """The scorer of a model directory: ALT's own, or a kNN monitor over `ood_dataset`; with
-    `ood_threshold` > 0 that threshold instead of the calibrated one."""
+    """The scorer of a model directory: ALT's own, or a kNN monitor over `ood_dataset`.
+
+    Its threshold, first found of: the `ood_threshold` parameter (> 0); the model directory's
+    ood_calibration.json (scripts/calibrate_ood.py: set for false stops per hour on the policy's
+    closed-loop rollouts); the threshold calibrated with the model. `scorer.threshold_source`
+    says which."""
     scorer = _build_scorer(entry, params, loader)
+    scorer.threshold_source = "calibrated with the model"
     threshold = float(params["ood_threshold"])
     if not (math.isfinite(threshold) and threshold >= 0):
         raise ConfigError(f"ood_threshold must be >= 0 (0: the calibrated one), got {threshold}")
+    calibration = Path(entry.path) / CALIBRATION_FILE
     if threshold > 0:
-        scorer.threshold = threshold
+        scorer.threshold, scorer.threshold_source = threshold, "ood_threshold parameter"
+    elif calibration.is_file() and not params["ood_dataset"]:
+        try:
+            report = json.loads(calibration.read_text())
+            value = float(report["threshold"])
+            rate = report.get("calibration", {}).get("target_per_hour")
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ConfigError(f"{calibration} is not a calibration report ({e}): re-run scripts/calibrate_ood.py "
+                              f"or delete it") from None
+        if not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"{calibration} has threshold {value}: re-run scripts/calibrate_ood.py")
+        scorer.threshold = value
+        scorer.threshold_source = f"{calibration.name}, {rate} false stops per hour"
     return scorer
 
 

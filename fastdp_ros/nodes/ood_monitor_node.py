@@ -50,7 +50,7 @@ class OODMonitorNode(Node):
         config = MonitorConfig.from_params(p)
         self.logic = MonitorLogic(scorer, config, sensors, clock=self.now)
         self.get_logger().info(f"monitoring with {entry.name} ({entry.path}, {scorer.kind} score, threshold "
-                               f"{scorer.threshold:.4g}, debounce {config.debounce})")
+                               f"{scorer.threshold:.4g} ({scorer.threshold_source}), debounce {config.debounce})")
 
         self.stop_pub = self.create_publisher(Bool, p["stop_topic"], common.STOP_QOS)
         self.score_pub = self.create_publisher(Float32, p["score_topic"], common.RELIABLE_QOS)
