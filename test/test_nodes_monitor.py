@@ -10,12 +10,12 @@ from rosbags.typesys import Stores, get_typestore
 from fastdp_ros.errors import ConfigError
 from fastdp_ros.nodes import conversions as conv
 from fastdp_ros.nodes.catalog import ModelEntry
-from fastdp_ros.nodes.monitor_logic import AltScorer, MonitorConfig, MonitorLogic, MonitorStep, build_scorer
+from fastdp_ros.nodes.monitor_logic import MonitorConfig, MonitorLogic, MonitorStep, build_monitor
 from fastdp_ros.nodes.parameters import MONITOR_PARAMETERS, STREAM_TIMEOUT_FLOOR, defaults
 from fastdp_ros.nodes.sensors import SensorConfig
 from fastdp_ros.policies import PolicySpec
 from fastdp_ros.robots import FR3
-from fastdp_ros.runtime.ood import CALIBRATION_FILE
+from fastdp_ros.runtime.ood import CALIBRATION_FILE, LatchedMonitor, ModelScoreMonitor
 
 TS = get_typestore(Stores.ROS2_HUMBLE)
 SPEC = PolicySpec(image_keys=("img_front",), image_shape=(8, 8, 3), lowdim_dims={"joint_pos": 7}, action_dim=8,
@@ -24,14 +24,13 @@ CAMERA_PERIOD = 1 / 30
 IN, OUT = 100, 220  # image brightness of in- and out-of-distribution frames
 
 
-class BrightnessScorer:
+class BrightnessScorer(LatchedMonitor):
     """Score = the newest frame's mean brightness (0..1); frames brighter than 0.6 are OOD."""
 
     kind = "test"
-    spec = SPEC
-    threshold = 0.6
 
-    def __init__(self, fail=False):
+    def __init__(self, fail=False, debounce=2):
+        super().__init__(threshold=0.6, debounce=debounce, spec=SPEC)
         self.fail = fail
 
     def score(self, obs):
@@ -123,12 +122,12 @@ def test_out_of_distribution_stops_after_debounce_and_reset_clears(monitor):
     s, step = frame(m, clock, OUT)
     assert step.stopped and step.changed
     assert clock.t - t_first <= 0.1  # within 100 ms of the first OOD frame at 30 frames/s
-    assert "out of distribution: score 0.863 > threshold 0.6 for 2 consecutive checks" in m.latch.reason
+    assert "out of distribution: score 0.863 > threshold 0.6 for 2 consecutive frames" in m.latch.reason
     s, step = frame(m, clock, IN)  # latched: in-distribution frames do not release it
     assert step.stopped and not step.changed
     assert m.diagnostics(clock.t)[0].level == "ERROR"
     released = m.reset(clock.t)
-    assert released == ["out of distribution: score 0.863 > threshold 0.6 for 2 consecutive checks"]
+    assert released == ["out of distribution: score 0.863 > threshold 0.6 for 2 consecutive frames"]
     s, step = frame(m, clock, IN)
     assert not step.stopped and step.changed  # the node publishes the lowered flag
 
@@ -230,8 +229,6 @@ def test_encoder_failure_stops():
 
 
 def test_monitor_config_validation():
-    with pytest.raises(ConfigError, match="debounce must be >= 1"):
-        MonitorConfig.from_params(params(debounce=0))
     with pytest.raises(ConfigError, match="max_check_rate"):
         MonitorConfig.from_params(params(max_check_rate=0.0))
     with pytest.raises(ConfigError, match="command_timeout"):
@@ -255,12 +252,15 @@ def test_scorer_choice(tmp_path):
         return FakeAlt()
 
     alt = ModelEntry("alt", tmp_path, {}, {"policy_type": "alt"})
-    scorer = build_scorer(alt, params(), loader)
-    assert isinstance(scorer, AltScorer) and scorer.threshold == 0.25 and scorer.score({}) == 0.5
+    scorer = build_monitor(alt, params(), loader)
+    assert isinstance(scorer, ModelScoreMonitor) and scorer.kind == "alt" and scorer.debounce == 2
+    assert scorer.threshold == 0.25 and scorer.score({}) == 0.5
+    with pytest.raises(ConfigError, match="debounce must be >= 1"):
+        build_monitor(alt, params(debounce=0), loader)
     assert loaded == [(str(tmp_path), {"device": "cpu"})]
     dp = ModelEntry("dp", tmp_path, {}, {"policy_type": "dp"})
     with pytest.raises(ConfigError, match="without an OOD index of its own .* set ood_dataset"):
-        build_scorer(dp, params(), loader)
+        build_monitor(dp, params(), loader)
 
 
 def test_threshold_from_the_calibration_report_or_the_parameter(tmp_path):
@@ -275,12 +275,12 @@ def test_threshold_from_the_calibration_report_or_the_parameter(tmp_path):
     alt = ModelEntry("alt", tmp_path, {}, {"policy_type": "alt"})
     load = lambda path, **options: FakeAlt()  # noqa: E731
     (tmp_path / CALIBRATION_FILE).write_text(json.dumps({"threshold": 0.46, "calibration": {"target_per_hour": 0.1}}))
-    scorer = build_scorer(alt, params(), load)
+    scorer = build_monitor(alt, params(), load)
     assert scorer.threshold == 0.46 and "0.1 false stops per hour" in scorer.threshold_source
-    scorer = build_scorer(alt, params(ood_threshold=0.5), load)
+    scorer = build_monitor(alt, params(ood_threshold=0.5), load)
     assert scorer.threshold == 0.5 and scorer.threshold_source == "ood_threshold parameter"
     (tmp_path / CALIBRATION_FILE).write_text("{not json")
     with pytest.raises(ConfigError, match="is not a calibration report"):
-        build_scorer(alt, params(), load)
+        build_monitor(alt, params(), load)
     with pytest.raises(ConfigError, match="ood_threshold must be >= 0"):
-        build_scorer(alt, params(ood_threshold=-1.0), load)
+        build_monitor(alt, params(ood_threshold=-1.0), load)

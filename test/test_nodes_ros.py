@@ -181,19 +181,23 @@ def test_nan_joint_positions_hold_the_arm_with_a_diagnostic(sim_graph):
     group, probe = sim_graph
     release_monitor(probe)
     names = SIM_ARM_JOINTS + SIM_FINGER_JOINTS
-    for _ in range(5):
-        probe.publish_joint_state("/joint_states", names, [float("nan")] * 9)
-        time.sleep(0.02)
 
     def controller_stopped():
         status = probe.diagnostic("fastdp_policy: controller")
         return status is not None and status[1] == "ERROR" and "NaN" in status[2]
 
-    assert probe.wait_for(controller_stopped, 10.0), probe.diagnostic("fastdp_policy: controller")
-    t_hold = time.monotonic()
-    assert probe.wait_for(lambda: len(commands_after(probe, t_hold)) >= 10, 10.0)
-    held = commands_after(probe, t_hold)
-    assert all(np.array_equal(q, held[0]) and np.all(np.isfinite(q)) for q in held)
+    for _ in range(3):  # a new sim episode restarts the policy from the new state: try again then
+        for _ in range(5):
+            probe.publish_joint_state("/joint_states", names, [float("nan")] * 9)
+            time.sleep(0.02)
+        assert probe.wait_for(controller_stopped, 10.0), probe.diagnostic("fastdp_policy: controller")
+        t_hold = time.monotonic()
+        time.sleep(0.4)
+        held = commands_after(probe, t_hold)
+        if not [t for t, _ in probe.snapshot("episodes") if t >= t_hold - 0.5]:
+            break
+    assert len(held) >= 5
+    assert all(np.array_equal(q, held[0]) and np.all(np.isfinite(q)) for q in held), "moved while stopped"
     ok, message = probe.trigger("/fastdp_policy/reset")
     assert ok, message
     assert all(n.alive() for n in group.nodes.values()), describe(group)

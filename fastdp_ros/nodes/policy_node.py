@@ -19,7 +19,6 @@ reason. All logic lives in policy_logic.py; this file only moves messages.
 
 from __future__ import annotations
 
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped
 from rcl_interfaces.msg import SetParametersResult
