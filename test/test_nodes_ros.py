@@ -27,9 +27,10 @@ from fastdp_ros.nodes.sim_logic import SIM_ARM_JOINTS, SIM_FINGER_JOINTS  # noqa
 
 FRONT, WRIST = "/camera/front/image_raw", "/camera/wrist/image_raw"
 START_TIMEOUT = 180.0  # seconds for a graph to start commanding on a loaded 2-core machine
-#: the tests' monitor threshold: above the policy's own closed-loop frames (bench/ros_graph.py
-#: measures the calibrated default), below the OOD frames sent here
-TEST_OOD_THRESHOLD = 0.45
+#: the tests' monitor threshold: above every frame of 200 closed-loop onedp rollouts (max 0.458,
+#: models/push_alt/ood_calibration.json), below the noise frames sent here (ALT scores 0.49-0.55);
+#: the calibrated default (0.5575, for 0.1 false stops per hour) is what bench/ros_graph.py runs
+TEST_OOD_THRESHOLD = 0.47
 
 
 @pytest.fixture(scope="module")
@@ -125,10 +126,6 @@ def test_hot_swap_and_a_refused_name(sim_graph):
     assert not ok and "no_such_policy" in reason
     wait_commands(probe, group, n=10, timeout=30.0)
     assert all(n.alive() for n in group.nodes.values()), describe(group)
-
-
-def solid(colour):
-    return np.full((96, 96, 3), colour, np.uint8)
 
 
 def test_ood_frames_stop_the_arm_which_holds_until_reset(sim_graph):
