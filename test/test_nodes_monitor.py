@@ -282,5 +282,7 @@ def test_threshold_from_the_calibration_report_or_the_parameter(tmp_path):
     (tmp_path / CALIBRATION_FILE).write_text("{not json")
     with pytest.raises(ConfigError, match="is not a calibration report"):
         build_monitor(alt, params(), load)
+    (tmp_path / CALIBRATION_FILE).unlink()
+    assert build_monitor(alt, params(), load).threshold == 0.25  # the model's own
     with pytest.raises(ConfigError, match="ood_threshold must be >= 0"):
         build_monitor(alt, params(ood_threshold=-1.0), load)

@@ -22,13 +22,11 @@ pauses for longer than `command_timeout`. The stop stays latched until `reset()`
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 from fastdp_ros.errors import ConfigError
@@ -37,7 +35,7 @@ from fastdp_ros.nodes.conversions import DiagnosticEntry
 from fastdp_ros.nodes.parameters import MONITOR_NODE_NAME, stream_timeouts
 from fastdp_ros.nodes.sensors import SensorConfig, SensorIntake
 from fastdp_ros.runtime.buffer import ObservationBuffer
-from fastdp_ros.runtime.ood import CALIBRATION_FILE, LatchedMonitor, ModelScoreMonitor
+from fastdp_ros.runtime.ood import LatchedMonitor, ModelScoreMonitor
 from fastdp_ros.runtime.watchdog import StopLatch
 from fastdp_ros.runtime.worker import InferenceWorker, LatencyRecord
 
@@ -56,25 +54,13 @@ def build_monitor(entry: ModelEntry, params: dict, loader: Callable[..., Any] | 
     if debounce < 1:
         raise ConfigError(f"debounce must be >= 1 check, got {debounce}")
     monitor = _build_monitor(entry, params, loader, debounce)
-    monitor.threshold_source = "calibrated with the model"
+    if not hasattr(monitor, "threshold_source"):
+        monitor.threshold_source = f"quantile {params['ood_quantile']} of held-out {params['ood_dataset']} frames"
     threshold = float(params["ood_threshold"])
     if not (math.isfinite(threshold) and threshold >= 0):
         raise ConfigError(f"ood_threshold must be >= 0 (0: the calibrated one), got {threshold}")
-    calibration = Path(entry.path) / CALIBRATION_FILE
     if threshold > 0:
         monitor.threshold, monitor.threshold_source = threshold, "ood_threshold parameter"
-    elif calibration.is_file() and not params["ood_dataset"]:
-        try:
-            report = json.loads(calibration.read_text())
-            value = float(report["threshold"])
-            rate = report.get("calibration", {}).get("target_per_hour")
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise ConfigError(f"{calibration} is not a calibration report ({e}): re-run scripts/calibrate_ood.py "
-                              f"or delete it") from None
-        if not (math.isfinite(value) and value > 0):
-            raise ConfigError(f"{calibration} has threshold {value}: re-run scripts/calibrate_ood.py")
-        monitor.threshold = value
-        monitor.threshold_source = f"{calibration.name}, {rate} false stops per hour"
     return monitor
 
 
@@ -84,7 +70,7 @@ def _build_monitor(entry: ModelEntry, params: dict, loader: Callable[..., Any] |
         from fastdp_ros.policies.base import load_policy as loader
     options = {"device": params["device"], **entry.options}
     if entry.policy_type == "alt" and not params["ood_dataset"]:
-        monitor = ModelScoreMonitor(loader(str(entry.path), **options), debounce=debounce)
+        monitor = ModelScoreMonitor(loader(str(entry.path), **options), debounce=debounce, model_dir=entry.path)
         monitor.kind = "alt"
         return monitor
     if not params["ood_dataset"]:

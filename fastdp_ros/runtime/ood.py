@@ -213,16 +213,22 @@ class OODMonitor(LatchedMonitor):
 
 class ModelScoreMonitor(LatchedMonitor):
     """A model's own calibrated OOD score: ALT's 1 - cosine similarity to the nearest frame of
-    its table, with the threshold stored in the model directory (no dataset needed)."""
+    its table, with the threshold stored in the model directory (no dataset needed). Given the
+    `model_dir`, its ood_calibration.json (false stops per hour, see calibrated_threshold)
+    replaces the threshold the model was trained with; `threshold_source` says which."""
 
     backend = "model"
 
-    def __init__(self, policy, debounce: int = 3):
+    def __init__(self, policy, debounce: int = 3, model_dir=None):
         if not hasattr(policy, "ood_score") or getattr(policy, "threshold", None) is None:
             raise ConfigError(f"a {getattr(policy, 'policy_type', type(policy).__name__)!r} model has no OOD score "
                               "of its own (ALT models have one); give the monitor a dataset instead")
         super().__init__(policy.threshold, debounce, policy.spec)
         self.policy = policy
+        self.threshold_source = "calibrated with the model"
+        calibrated = calibrated_threshold(model_dir) if model_dir is not None else None
+        if calibrated is not None:
+            self.threshold, self.threshold_source = calibrated
 
     def score(self, obs: dict) -> float:
         s = float(self.policy.ood_score(obs))
@@ -270,6 +276,27 @@ def monitor_from_dataset(encoder_policy, dataset_path, samples: int = 1000, quan
 
 
 CALIBRATION_FILE = "ood_calibration.json"
+
+
+def calibrated_threshold(model_dir) -> tuple[float, str] | None:
+    """(threshold, what it is for) from `model_dir`/ood_calibration.json, written by
+    scripts/calibrate_ood.py; None without one. A broken file raises ConfigError."""
+    import json
+    from pathlib import Path
+
+    path = Path(model_dir) / CALIBRATION_FILE
+    if not path.is_file():
+        return None
+    try:
+        report = json.loads(path.read_text())
+        value = float(report["threshold"])
+        rate = report.get("calibration", {}).get("target_per_hour")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ConfigError(f"{path} is not a calibration report ({e}): re-run scripts/calibrate_ood.py "
+                          f"or delete it") from None
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"{path} has threshold {value}: re-run scripts/calibrate_ood.py")
+    return value, f"{path.name}, {rate} false stops per hour"
 
 
 def debounced_stops(scores, threshold: float, debounce: int) -> int:
