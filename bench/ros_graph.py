@@ -80,11 +80,26 @@ def release(probe) -> None:
     probe.trigger("/fastdp_policy/reset")
 
 
+def stop_lines(log: str, wall0: float, wall1: float) -> list[str]:
+    """The monitor's "STOP: reason" lines logged between two wall-clock times (ROS log stamps)."""
+    out = []
+    for line in log.splitlines():
+        if "]: STOP: " not in line:
+            continue
+        try:
+            stamp = float(line.split("] [", 1)[1].split("]", 1)[0])
+        except (IndexError, ValueError):
+            continue
+        if wall0 <= stamp <= wall1:
+            out.append(line.split("STOP: ", 1)[1].split(" for ")[0][:100])
+    return out
+
+
 def measure_rate(probe, group, window: float) -> dict:
     release(probe)
-    t0 = time.monotonic()
+    t0, wall0 = time.monotonic(), time.time()
     time.sleep(window)
-    t1 = time.monotonic()
+    t1, wall1 = time.monotonic(), time.time()
     times = command_times(probe, t0, t1)
     gaps = intervals_ms(times)
     outcomes = [o for t, o in probe.snapshot("outcomes") if t0 <= t <= t1]
@@ -92,8 +107,7 @@ def measure_rate(probe, group, window: float) -> dict:
     monitor_log = group.nodes["fastdp_ood_monitor"].stderr()
     return {"window_s": round(t1 - t0, 1), "commands": len(times), "rate_hz": round(len(times) / (t1 - t0), 2),
             "inter_arrival_ms": stats_ms(gaps), "stops": len(raises),
-            "stop_reasons": sorted({line.split("STOP: ", 1)[1].split(" for ")[0][:80]
-                                    for line in monitor_log.splitlines() if "]: STOP: " in line}),
+            "stop_reasons": stop_lines(monitor_log, wall0, wall1),
             "episodes": len(outcomes), "successes": sum(o["success"] for o in outcomes)}
 
 
