@@ -8,7 +8,7 @@ import pytest
 from rosbags.typesys import Stores, get_typestore
 
 from fastdp_ros.errors import ConfigError
-from fastdp_ros.nodes import conversions as conv
+from fastdp_ros import ros_messages as conv
 from fastdp_ros.nodes.catalog import ModelEntry
 from fastdp_ros.nodes.monitor_logic import MonitorConfig, MonitorLogic, MonitorStep, build_monitor
 from fastdp_ros.nodes.parameters import MONITOR_PARAMETERS, STREAM_TIMEOUT_FLOOR, defaults

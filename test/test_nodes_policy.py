@@ -10,7 +10,7 @@ import pytest
 from rosbags.typesys import Stores, get_typestore
 
 from fastdp_ros.errors import ConfigError, ModelFileError
-from fastdp_ros.nodes import conversions as conv
+from fastdp_ros import ros_messages as conv
 from fastdp_ros.nodes import kinematics, sensors
 from fastdp_ros.nodes.catalog import PolicyCatalog
 from fastdp_ros.nodes.parameters import POLICY_PARAMETERS, STREAM_TIMEOUT_FLOOR, defaults

@@ -8,7 +8,7 @@ import pytest
 from rosbags.typesys import Stores, get_typestore
 
 from fastdp_ros.errors import ConfigError, RendererError
-from fastdp_ros.nodes import conversions as conv
+from fastdp_ros import ros_messages as conv
 from fastdp_ros.nodes import kinematics
 from fastdp_ros.nodes.parameters import SIM_PARAMETERS, SIM_TCP_OFFSET, defaults
 from fastdp_ros.nodes.sim_logic import SIM_ARM_JOINTS, SIM_FINGER_JOINTS, SimConfig, SimLogic, TrajectoryFollower

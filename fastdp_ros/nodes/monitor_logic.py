@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 from fastdp_ros.errors import ConfigError
 from fastdp_ros.nodes.catalog import ModelEntry
-from fastdp_ros.nodes.conversions import DiagnosticEntry
+from fastdp_ros.ros_messages import DiagnosticEntry
 from fastdp_ros.nodes.parameters import MONITOR_NODE_NAME, stream_timeouts
 from fastdp_ros.nodes.sensors import SensorConfig, SensorIntake
 from fastdp_ros.runtime.buffer import ObservationBuffer

@@ -16,7 +16,7 @@ from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, Si
 from rclpy.signals import SignalHandlerOptions
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 
-from fastdp_ros.nodes.conversions import fill_diagnostic_array
+from fastdp_ros.ros_messages import fill_diagnostic_array
 from fastdp_ros.nodes.parameters import ParamSpec, read_parameters
 
 #: cameras, joint states and franka_robot_state_broadcaster (best effort): a best-effort

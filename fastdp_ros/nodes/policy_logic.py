@@ -41,7 +41,7 @@ import numpy as np
 from fastdp_ros.errors import ConfigError, FastDPError
 from fastdp_ros.nodes import kinematics
 from fastdp_ros.nodes.catalog import ModelEntry, PolicyCatalog
-from fastdp_ros.nodes.conversions import FRANKA_ROBOT_MODES, DiagnosticEntry
+from fastdp_ros.ros_messages import FRANKA_ROBOT_MODES, DiagnosticEntry
 from fastdp_ros.nodes.parameters import COMMAND_INTERFACES, POLICY_NODE_NAME, command_topic, stream_timeouts
 from fastdp_ros.nodes.sensors import SensorConfig, SensorIntake
 from fastdp_ros.robots import get_robot

@@ -31,7 +31,7 @@ from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from fastdp_ros.errors import FastDPError
-from fastdp_ros.nodes import conversions as conv
+from fastdp_ros import ros_messages as conv
 from fastdp_ros.nodes import node_common as common
 from fastdp_ros.nodes.catalog import PolicyCatalog
 from fastdp_ros.nodes.parameters import POLICY_NODE_NAME, POLICY_PARAMETERS, read_parameters

@@ -31,7 +31,7 @@ from std_msgs.msg import Bool, Header, String
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
-from fastdp_ros.nodes import conversions as conv
+from fastdp_ros import ros_messages as conv
 from fastdp_ros.nodes import node_common as common
 from fastdp_ros.nodes.parameters import COMMAND_INTERFACES, EPISODE_TOPIC, OUTCOME_TOPIC, STOP_TOPIC
 
@@ -164,7 +164,7 @@ class GraphProbe:
         self.publisher(Image, topic).publish(msg)
 
     def publish_joint_state(self, topic: str, names: list[str], positions, stamp: float | None = None) -> None:
-        """A JointState as sent, NaN included (conversions.fill_joint_state would refuse those)."""
+        """A JointState as sent, NaN included (ros_messages.fill_joint_state would refuse those)."""
         msg = JointState()
         conv.fill_header(msg.header, time.time() if stamp is None else stamp, "")
         msg.name = list(names)

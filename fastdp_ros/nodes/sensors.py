@@ -22,7 +22,7 @@ from typing import Callable
 import numpy as np
 
 from fastdp_ros.errors import ConfigError, FastDPError
-from fastdp_ros.nodes import conversions as conv
+from fastdp_ros import ros_messages as conv
 from fastdp_ros.nodes import kinematics
 from fastdp_ros.robots import N_ARM_JOINTS, RobotSpec, get_robot
 

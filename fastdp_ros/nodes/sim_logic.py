@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fastdp_ros.errors import ConfigError, FastDPError
-from fastdp_ros.nodes import conversions as conv
+from fastdp_ros import ros_messages as conv
 from fastdp_ros.nodes import kinematics
-from fastdp_ros.nodes.conversions import IMAGE_ENCODINGS
+from fastdp_ros.ros_messages import IMAGE_ENCODINGS
 from fastdp_ros.robots import PANDA
 
 log = logging.getLogger(__name__)

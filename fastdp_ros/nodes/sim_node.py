@@ -25,7 +25,7 @@ from std_msgs.msg import Float64, Float64MultiArray, Header, String
 from trajectory_msgs.msg import JointTrajectory
 
 from fastdp_ros.errors import FastDPError
-from fastdp_ros.nodes import conversions as conv
+from fastdp_ros import ros_messages as conv
 from fastdp_ros.nodes import node_common as common
 from fastdp_ros.nodes.parameters import SIM_NODE_NAME, SIM_PARAMETERS
 from fastdp_ros.nodes.sim_logic import SimConfig, SimLogic
