@@ -60,6 +60,11 @@ setup(
         "dev": ["pytest>=7", "hypothesis>=6", *DATA_EXTRA],
         # GPU: bring your own CUDA torch first; these add the GPU engines.
         "gpu": ["onnxruntime-gpu>=1.17", "tensorrt", "torch-tensorrt"],
+        # ROS 2 Jazzy's rclpy and messages as PyPI wheels (Fast DDS): the node tests run on them.
+        # With a sourced ROS 2 installation use its rclpy instead (scripts/test.sh picks).
+        "ros": [f"ros-jazzy-{name}" for name in (
+            "rclpy", "rmw-fastrtps-cpp", "sensor-msgs", "std-msgs", "std-srvs", "trajectory-msgs",
+            "geometry-msgs", "diagnostic-msgs", "lifecycle-msgs", "rcl-interfaces")],
     },
     zip_safe=True,
     maintainer="fastdp_ros maintainers",

@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from rosbags.typesys import Stores, get_typestore, get_types_from_msg
 
-from fastdp_ros.nodes import conversions as conv
-from fastdp_ros.nodes.conversions import ConversionError
+from fastdp_ros import ros_messages as conv
+from fastdp_ros.ros_messages import ConversionError
 
 STORES = {"humble": Stores.ROS2_HUMBLE, "jazzy": Stores.ROS2_JAZZY}
 

@@ -10,10 +10,10 @@ import pytest
 from rosbags.typesys import Stores, get_typestore
 
 from fastdp_ros.errors import ConfigError, ModelFileError
-from fastdp_ros.nodes import conversions as conv
-from fastdp_ros.nodes import kinematics
+from fastdp_ros import ros_messages as conv
+from fastdp_ros.nodes import kinematics, sensors
 from fastdp_ros.nodes.catalog import PolicyCatalog
-from fastdp_ros.nodes.parameters import POLICY_PARAMETERS, defaults
+from fastdp_ros.nodes.parameters import POLICY_PARAMETERS, STREAM_TIMEOUT_FLOOR, defaults
 from fastdp_ros.nodes.policy_logic import PolicyLogic, PolicyNodeConfig, parse_workspace
 from fastdp_ros.policies import Policy, PolicySpec
 from fastdp_ros.robots import FR3
@@ -290,12 +290,34 @@ def test_wrong_image_encoding_or_size_is_reported_not_used(catalog):
     bad = image_msg(clock.t)
     bad.encoding = "yuv422"
     assert not logic.on_image("img_front", bad, clock.t)
-    report = logic.intake.report()
+    report = logic.intake.report(clock.t)
     assert report["/camera/front/image_raw errors"] == "2"
     assert "not supported" in report["/camera/front/image_raw last error"]
     logic.on_joint_state(joint_msg(clock.t, Q0), clock.t)
     assert logic.tick(clock.t) is None  # no usable frame yet
     logic.cleanup()
+
+
+def sensors_status(logic, now):
+    return next(e for e in logic.diagnostics(now) if e.name.endswith("sensors"))
+
+
+def test_conversion_errors_clear_once_the_streams_are_healthy_again(running):
+    """Bug: the sensors diagnostic kept old conversion errors as ERROR minutes after the fix."""
+    logic, clock, _, q = running
+    bad = image_msg(clock.t)
+    bad.encoding = "yuv422"
+    assert not logic.on_image("img_front", bad, clock.t)
+    assert sensors_status(logic, clock.t).level == "ERROR"
+    _, q = run(logic, clock, q, 6)  # good frames again, but the error is recent: still shown
+    assert sensors_status(logic, clock.t).level == "ERROR"
+    _, q = run(logic, clock, q, int(RATE * (sensors.ERROR_HOLD_S + 0.5)))
+    status = sensors_status(logic, clock.t)
+    assert status.level == "OK", status.message
+    assert "not supported" in status.values["/camera/front/image_raw last error"]  # kept as history
+    assert float(status.values["/camera/front/image_raw last error age_s"]) > sensors.ERROR_HOLD_S
+    assert not logic.on_image("img_front", bad, clock.t)  # failing now: an error again at once
+    assert sensors_status(logic, clock.t).level == "ERROR"
 
 
 def test_follows_the_policy(running):
@@ -447,7 +469,7 @@ def test_reset_keeps_holding_while_the_monitor_flag_stands(running):
 
 def test_stale_camera_stops_and_reset_restarts(running):
     logic, clock, _, q = running
-    for _ in range(30):  # joint states keep coming, the camera does not
+    for _ in range(int(RATE * (STREAM_TIMEOUT_FLOOR + 0.1))):  # joint states keep coming, the camera does not
         clock.t += 1 / RATE
         logic.on_joint_state(joint_msg(clock.t, q), clock.t)
         out = logic.tick(clock.t)
@@ -541,3 +563,32 @@ def test_deactivated_node_sends_nothing_and_restarts_from_the_measured_state(run
     outs, q2 = run(logic, clock, q_moved, 30)
     np.testing.assert_allclose(outs[0].q, q_moved)
     assert not any(o.stopped for o in outs) and q2[0] > q_moved[0]
+
+
+# ----------------------------------------------------------------------------- hot swap stalls (bug 3)
+
+
+def test_configure_imports_what_a_swap_would_import_first(catalog, monkeypatch):
+    """A swap's first import of faiss held the GIL 50-110 ms and stalled the control timer:
+    configure imports it (and every policy module) before the arm moves."""
+    import fastdp_ros.nodes.policy_logic as policy_logic
+
+    calls = []
+    monkeypatch.setattr(policy_logic, "preload_swap_dependencies", lambda: calls.append(1))
+    logic, _, _ = make_logic(catalog)
+    logic.configure("move")
+    assert calls == [1]
+    logic.cleanup()
+
+
+def test_preloading_imports_faiss_and_the_policy_modules():
+    import subprocess
+    import sys
+
+    code = ("import sys; from fastdp_ros.nodes.policy_logic import preload_swap_dependencies; "
+            "assert 'faiss' not in sys.modules; preload_swap_dependencies(); "
+            "from fastdp_ros.policies.base import _BUILTIN_MODULES; "
+            "missing = [m for m in ['faiss', *_BUILTIN_MODULES] if m not in sys.modules]; "
+            "assert not missing, missing")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]

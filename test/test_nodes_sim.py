@@ -1,12 +1,14 @@
 """The simulation node's logic (the MuJoCo task as a robot) and the nodes' Franka kinematics,
 checked against the simulation's own."""
 
+import threading
+
 import numpy as np
 import pytest
 from rosbags.typesys import Stores, get_typestore
 
 from fastdp_ros.errors import ConfigError, RendererError
-from fastdp_ros.nodes import conversions as conv
+from fastdp_ros import ros_messages as conv
 from fastdp_ros.nodes import kinematics
 from fastdp_ros.nodes.parameters import SIM_PARAMETERS, SIM_TCP_OFFSET, defaults
 from fastdp_ros.nodes.sim_logic import SIM_ARM_JOINTS, SIM_FINGER_JOINTS, SimConfig, SimLogic, TrajectoryFollower
@@ -221,3 +223,32 @@ def test_camera_frames_in_the_configured_encoding():
         np.testing.assert_array_equal(conv.image_to_rgb(msg, (32, 32, 3)), rgb)
     finally:
         logic.close()
+
+
+def test_rendering_from_another_thread_is_refused_with_the_reason():
+    """Bug 1's cause, without ROS: an executor pool thread rendering with the context the main
+    thread made current. The error names the threads, not a missing EGL installation."""
+    try:
+        env = make_env("reach", image_size=32, cameras=("front",), render=True)
+    except RendererError as err:
+        pytest.skip(f"offscreen renderer unavailable on this machine: {err}")
+    try:
+        env.reset(seed=1)
+        renderer = env.sim.renderer(32)
+        assert renderer.render(env.sim.data, "front").shape == (32, 32, 3)
+        errors = []
+
+        def render_elsewhere():
+            try:
+                renderer.render(env.sim.data, "front")
+            except RendererError as err:
+                errors.append(str(err))
+
+        worker = threading.Thread(target=render_elsewhere, name="pool-thread")
+        worker.start()
+        worker.join()
+        assert len(errors) == 1 and "'pool-thread'" in errors[0] and "render on that thread" in errors[0]
+        assert "apt-get" not in errors[0]
+        assert renderer.render(env.sim.data, "front").shape == (32, 32, 3)  # the owner still renders
+    finally:
+        env.close()

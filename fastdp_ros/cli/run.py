@@ -153,8 +153,10 @@ def run(args) -> int:
         from fastdp_ros.policies import load_policy
         from fastdp_ros.runtime.ood import ModelScoreMonitor
 
-        monitor = ModelScoreMonitor(load_policy(args.ood_model, device=args.device), debounce=args.ood_debounce)
-        log.info("OOD monitor: %s's own score (threshold %.3g)", args.ood_model, monitor.threshold)
+        monitor = ModelScoreMonitor(load_policy(args.ood_model, device=args.device), debounce=args.ood_debounce,
+                                    model_dir=args.ood_model)
+        log.info("OOD monitor: %s's own score (threshold %.3g, %s)", args.ood_model, monitor.threshold,
+                 monitor.threshold_source)
     elif args.ood_dataset:
         from fastdp_ros.runtime.ood import monitor_from_dataset
 

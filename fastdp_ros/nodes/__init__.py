@@ -6,8 +6,8 @@
   node_common.py       QoS profiles, parameter declaration, logging bridge, spinning
 
 The node files only move messages. What they do is in modules that import no rclpy and are
-tested without ROS: conversions.py (messages <-> numpy), parameters.py (the declared
-parameters), catalog.py (policy names -> model directories), sensors.py (sensor messages ->
+tested without ROS: fastdp_ros.ros_messages (messages <-> numpy, shared with the rosbag2
+importer), parameters.py (the declared parameters), catalog.py (policy names -> model directories), sensors.py (sensor messages ->
 observation samples), kinematics.py (Franka FK/IK), policy_logic.py, monitor_logic.py,
 sim_logic.py. Importing this package imports none of them.
 """

@@ -1,7 +1,9 @@
 """What the OOD-monitor node does, without ROS.
 
 The monitor is independent of the policy node: its own encoder and training-set index, loaded
-from a model directory, on the same camera and joint topics. Two kinds of scorer:
+from a model directory, on the same camera and joint topics. Its score, debounce and latched
+OOD verdict are runtime.ood's monitor, the one `fastdp run` uses inside the policy runner
+(a runtime.ood.LatchedMonitor). Two kinds:
 
   ALT model       its encoder + lookup table (the index inside the model directory) and the
                   threshold calibrated at training: score = 1 - cosine similarity to the
@@ -11,7 +13,8 @@ from a model directory, on the same camera and joint topics. Two kinds of scorer
 
 Scoring runs in a worker thread on the newest observation (never queued), at most
 `max_check_rate` times a second. `debounce` consecutive checks over the threshold latch the
-stop. Watchdogs latch it too: a sensor stream that has started and then goes silent for
+stop. The threshold: the `ood_threshold` parameter, else the model directory's
+ood_calibration.json (false stops per hour, scripts/calibrate_ood.py), else the model's own. Watchdogs latch it too: a sensor stream that has started and then goes silent for
 longer than its max age, and the policy's command stream once it has started and then
 pauses for longer than `command_timeout`. The stop stays latched until `reset()`
 (the node's `~/reset` service).
@@ -28,51 +31,48 @@ from typing import Any, Callable
 
 from fastdp_ros.errors import ConfigError
 from fastdp_ros.nodes.catalog import ModelEntry
-from fastdp_ros.nodes.conversions import DiagnosticEntry
-from fastdp_ros.nodes.parameters import MONITOR_NODE_NAME
+from fastdp_ros.ros_messages import DiagnosticEntry
+from fastdp_ros.nodes.parameters import MONITOR_NODE_NAME, stream_timeouts
 from fastdp_ros.nodes.sensors import SensorConfig, SensorIntake
 from fastdp_ros.runtime.buffer import ObservationBuffer
+from fastdp_ros.runtime.ood import LatchedMonitor, ModelScoreMonitor
 from fastdp_ros.runtime.watchdog import StopLatch
 from fastdp_ros.runtime.worker import InferenceWorker, LatencyRecord
 
 log = logging.getLogger(__name__)
 
 
-class AltScorer:
-    """An ALT model's own OOD score (1 - cosine similarity to the nearest training frame)."""
+def build_monitor(entry: ModelEntry, params: dict, loader: Callable[..., Any] | None = None) -> LatchedMonitor:
+    """The OOD monitor of a model directory (runtime.ood): ALT's own score, or a kNN monitor over
+    `ood_dataset`; `kind` names which, with the `debounce` parameter.
 
-    kind = "alt"
-
-    def __init__(self, policy):
-        self.policy = policy
-        self.spec = policy.spec
-        self.threshold = float(policy.threshold)
-
-    def score(self, obs: dict) -> float:
-        return float(self.policy.ood_score(obs))
-
-
-class KnnScorer:
-    """An encoder's kNN distance to training embeddings (runtime.ood.OODMonitor's score)."""
-
-    kind = "knn"
-
-    def __init__(self, monitor):
-        self.monitor = monitor
-        self.spec = monitor.spec
-        self.threshold = float(monitor.threshold)
-
-    def score(self, obs: dict) -> float:
-        return float(self.monitor.score(obs))
+    Its threshold, first found of: the `ood_threshold` parameter (> 0); the model directory's
+    ood_calibration.json (scripts/calibrate_ood.py: set for false stops per hour on the policy's
+    closed-loop rollouts); the threshold calibrated with the model. `threshold_source` says
+    which."""
+    debounce = int(params["debounce"])
+    if debounce < 1:
+        raise ConfigError(f"debounce must be >= 1 check, got {debounce}")
+    monitor = _build_monitor(entry, params, loader, debounce)
+    if not hasattr(monitor, "threshold_source"):
+        monitor.threshold_source = f"quantile {params['ood_quantile']} of held-out {params['ood_dataset']} frames"
+    threshold = float(params["ood_threshold"])
+    if not (math.isfinite(threshold) and threshold >= 0):
+        raise ConfigError(f"ood_threshold must be >= 0 (0: the calibrated one), got {threshold}")
+    if threshold > 0:
+        monitor.threshold, monitor.threshold_source = threshold, "ood_threshold parameter"
+    return monitor
 
 
-def build_scorer(entry: ModelEntry, params: dict, loader: Callable[..., Any] | None = None):
-    """The scorer of a model directory: ALT's own, or a kNN monitor over `ood_dataset`."""
+def _build_monitor(entry: ModelEntry, params: dict, loader: Callable[..., Any] | None,
+                   debounce: int) -> LatchedMonitor:
     if loader is None:
         from fastdp_ros.policies.base import load_policy as loader
     options = {"device": params["device"], **entry.options}
     if entry.policy_type == "alt" and not params["ood_dataset"]:
-        return AltScorer(loader(str(entry.path), **options))
+        monitor = ModelScoreMonitor(loader(str(entry.path), **options), debounce=debounce, model_dir=entry.path)
+        monitor.kind = "alt"
+        return monitor
     if not params["ood_dataset"]:
         raise ConfigError(f"{entry.path} is a {entry.policy_type!r} model without an OOD index of its own (only "
                           f"ALT models have one): set ood_dataset to the dataset it was trained on")
@@ -82,30 +82,26 @@ def build_scorer(entry: ModelEntry, params: dict, loader: Callable[..., Any] | N
     if samples < 1 or not 0.0 < quantile < 1.0:
         raise ConfigError(f"need ood_samples >= 1 and 0 < ood_quantile < 1, got {samples}, {quantile}")
     encoder = loader(str(entry.path), **options)
-    monitor = monitor_from_dataset(encoder, params["ood_dataset"], samples=samples, quantile=quantile)
-    return KnnScorer(monitor)
+    monitor = monitor_from_dataset(encoder, params["ood_dataset"], samples=samples, quantile=quantile,
+                                   debounce=debounce)
+    monitor.kind = "knn"
+    return monitor
 
 
 @dataclass(frozen=True)
 class MonitorConfig:
-    debounce: int
     min_check_period: float  # seconds between checks (1 / max_check_rate)
     command_timeout: float
-    stream_max_age: float | None  # None: two recording periods of the model
+    stream_timeouts: tuple[float, float]  # (floor s, periods): parameters.stream_timeouts
 
     @classmethod
     def from_params(cls, params: dict) -> "MonitorConfig":
-        debounce, rate = int(params["debounce"]), float(params["max_check_rate"])
-        timeout, age = float(params["command_timeout"]), float(params["stream_max_age"])
-        if debounce < 1:
-            raise ConfigError(f"debounce must be >= 1 check, got {debounce}")
+        rate, timeout = float(params["max_check_rate"]), float(params["command_timeout"])
         if not (math.isfinite(rate) and rate > 0):
             raise ConfigError(f"max_check_rate must be > 0 Hz, got {rate}")
         if not (math.isfinite(timeout) and timeout > 0):
             raise ConfigError(f"command_timeout must be > 0 s, got {timeout}")
-        if not (math.isfinite(age) and age >= 0):
-            raise ConfigError(f"stream_max_age must be >= 0 s (0: the model's default), got {age}")
-        return cls(debounce, 1.0 / rate, timeout, age if age > 0 else None)
+        return cls(1.0 / rate, timeout, stream_timeouts(params))
 
 
 @dataclass(frozen=True)
@@ -120,24 +116,23 @@ class MonitorStep:
 class MonitorLogic:
     """Sensor samples in, OOD checks in a worker thread, watchdogs, a latched stop out."""
 
-    def __init__(self, scorer, config: MonitorConfig, sensor_config: SensorConfig,
+    def __init__(self, monitor: LatchedMonitor, config: MonitorConfig, sensor_config: SensorConfig,
                  clock: Callable[[], float] = time.monotonic):
-        self.scorer = scorer
+        self.monitor = monitor  # score, debounce and OOD latch: runtime.ood, as in the policy runner
         self.config = config
         self.clock = clock
-        self.spec = scorer.spec
-        self.buffer = ObservationBuffer.for_spec(self.spec, config.stream_max_age)
+        self.spec = monitor.spec
+        self.buffer = ObservationBuffer.for_spec(self.spec, config.stream_timeouts[0],
+                                                 age_periods=config.stream_timeouts[1])
         self.intake = SensorIntake(sensor_config, self._observe)
         self.latch = StopLatch()
-        self.worker = InferenceWorker(scorer.score, "ood", None, clock).start()
+        self.worker = InferenceWorker(lambda item: monitor.observe(*item), "ood", None, clock).start()
         self._lock = threading.Lock()
-        self._consecutive = 0
         self._last_checked: float | None = None  # observation time of the last check
         self._last_submit: float | None = None  # node time of the last check
         self._last_command: float | None = None
         self._was_stopped = False
-        self.last_score: float | None = None
-        self.counts = {"checks": 0, "over": 0, "commands": 0, "rejected_samples": 0}
+        self.counts = {"commands": 0, "rejected_samples": 0}
 
     def _observe(self, key: str, stamp: float, value) -> None:
         try:
@@ -170,34 +165,21 @@ class MonitorLogic:
                 if result.error is not None:
                     self.latch.raise_stop("ood", f"OOD encoder failed: {result.error}", now, key="encoder")
                     continue
-                scores.append(self._record(float(result.output), now))
+                scores.append(result.output.score)
+            if self.monitor.stopped:
+                self.latch.raise_stop("ood", self.monitor.stop_reason or "out of distribution", now, key="ood")
             self._watchdogs(now)
             self._submit(now)
             stopped = self.latch.stopped
             changed, self._was_stopped = stopped != self._was_stopped, stopped
             return MonitorStep(scores, stopped, changed)
 
-    def _record(self, score: float, now: float) -> float:
-        threshold = self.scorer.threshold
-        over = not (score <= threshold)  # NaN and inf count as over
-        self.counts["checks"] += 1
-        self.last_score = score
-        if over:
-            self.counts["over"] += 1
-            self._consecutive += 1
-        else:
-            self._consecutive = 0
-        if over and self._consecutive >= self.config.debounce:
-            self.latch.raise_stop("ood", f"out of distribution: score {score:.3g} > threshold {threshold:.3g} for "
-                                         f"{self._consecutive} consecutive checks", now, key="ood")
-        return score
-
     def _watchdogs(self, now: float) -> None:
         for key, age in sorted(self.buffer.stale(now).items()):
             if self.buffer.latest_stamp(key) is None:
                 continue  # never started: reported in diagnostics, the policy node will not move without it
             self.latch.raise_stop("stream", f"stream {key!r} went silent: last sample {age:.3f} s ago (max "
-                                            f"{self.buffer.stream(key).max_age_s:.3f} s)", now, key=key)
+                                            f"{self.buffer.max_age(key):.3f} s)", now, key=key)
         if self._last_command is not None and now - self._last_command > self.config.command_timeout:
             self.latch.raise_stop("command", f"the policy's command stream paused: last command "
                                              f"{now - self._last_command:.3f} s ago (max "
@@ -216,7 +198,7 @@ class MonitorLogic:
             return
         built = self.buffer.observation(self.spec)
         if built is not None:
-            self.worker.submit(built[0], built[1])
+            self.worker.submit(built, built[1])
             self._last_checked, self._last_submit = built[1], now
 
     def reset(self, now: float) -> list[str]:
@@ -225,20 +207,22 @@ class MonitorLogic:
         watchdog re-arms with the next command."""
         with self._lock:
             released = [e.reason for e in self.latch.reset()]
-            self._consecutive = 0
+            self.monitor.reset()
             self._last_command = None
             return released
 
     def diagnostics(self, now: float) -> list[DiagnosticEntry]:
         lat = LatencyRecord.percentiles_ms(self.worker.latency.recent)
+        m = self.monitor
         values = {
-            "scorer": self.scorer.kind,
-            "threshold": f"{self.scorer.threshold:.4g}",
-            "last_score": "-" if self.last_score is None else f"{self.last_score:.4g}",
-            "consecutive_over": str(self._consecutive),
-            "debounce": str(self.config.debounce),
-            "checks": str(self.counts["checks"]),
-            "over_threshold": str(self.counts["over"]),
+            "scorer": getattr(m, "kind", type(m).__name__),
+            "threshold": f"{m.threshold:.4g}",
+            "threshold_source": getattr(m, "threshold_source", "-"),
+            "last_score": "-" if m.last is None else f"{m.last.score:.4g}",
+            "consecutive_over": "0" if m.last is None else str(m.last.consecutive),
+            "debounce": str(m.debounce),
+            "checks": str(m.counts["frames"]),
+            "over_threshold": str(m.counts["over"]),
             "check_p50_ms": "-" if not lat else f"{lat['p50']:.2f}",
             "check_max_ms": "-" if not lat else f"{lat['max']:.2f}",
             "commands_seen": str(self.counts["commands"]),
@@ -248,7 +232,7 @@ class MonitorLogic:
         ages = self.buffer.ages(now)
         values.update({f"{k} age_ms": ("never" if self.buffer.latest_stamp(k) is None else f"{1e3 * a:.1f}")
                        for k, a in ages.items()})
-        values.update(self.intake.report())
+        values.update(self.intake.report(now))
         never = [k for k in self.buffer.keys if self.buffer.latest_stamp(k) is None]
         if self.latch.stopped:
             level, message = "ERROR", f"STOP: {self.latch.reason}"

@@ -6,15 +6,17 @@ Like the node files, this module imports rclpy; nothing below nodes/ does.
 from __future__ import annotations
 
 import logging
+import signal
 from pathlib import Path
 from typing import Callable
 
 import rclpy
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
+from rclpy.signals import SignalHandlerOptions
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 
-from fastdp_ros.nodes.conversions import fill_diagnostic_array
+from fastdp_ros.ros_messages import fill_diagnostic_array
 from fastdp_ros.nodes.parameters import ParamSpec, read_parameters
 
 #: cameras, joint states and franka_robot_state_broadcaster (best effort): a best-effort
@@ -104,23 +106,80 @@ def publish_diagnostics(publisher, entries, t: float) -> None:
     publisher.publish(msg)
 
 
-def spin(node, until: Callable[[], bool] | None = None, close: Callable[[], None] | None = None) -> int:
-    """Spin `node` in a multi-threaded executor (sensor callbacks beside the control timer)
-    until Ctrl-C, an external shutdown or `until()`; then close, destroy and shut down."""
-    executor = MultiThreadedExecutor()
+class DrainingExecutor(MultiThreadedExecutor):
+    """A MultiThreadedExecutor whose shutdown() first lets the callbacks already handed to its
+    pool finish (rclpy 7.1's returns at once and destroys the guard condition they trigger at
+    their end), so clean-up never races a control tick. Call it from the spinning thread."""
+
+    def shutdown(self, timeout_sec: float | None = None) -> bool:
+        pool = getattr(self, "_executor", None)
+        if pool is not None:
+            pool.shutdown(wait=True)
+        return super().shutdown(timeout_sec)
+
+
+class ShutdownRequest:
+    """SIGINT and SIGTERM as a request to stop spinning, handled by the node's own code.
+
+    rclpy's handlers shut the context down from the signal (a callback still running then
+    publishes on a dead context) and Python's raise KeyboardInterrupt wherever the main thread
+    is, also inside the clean-up after a first Ctrl-C: `ros2 launch` forwards the terminal's
+    SIGINT to nodes that already got it from the terminal. Here the first signal is noted and
+    the spin loop ends; later ones are ignored."""
+
+    def __init__(self):
+        self.signal: int | None = None
+
+    def install(self) -> "ShutdownRequest":
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._on_signal)
+        return self
+
+    def _on_signal(self, signum, frame) -> None:
+        if self.signal is None:
+            self.signal = signum
+
+    def ignore_further(self) -> None:
+        """Ignore SIGINT/SIGTERM from now on: Python's finalisation resets the handlers it set to
+        the default action, and a forwarded Ctrl-C arriving then would kill the process (exit -2)
+        after a clean shutdown; an ignored signal stays ignored."""
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+
+    @property
+    def requested(self) -> bool:
+        return self.signal is not None
+
+
+def init(args=None) -> ShutdownRequest:
+    """rclpy.init without rclpy's signal handlers; SIGINT/SIGTERM end `spin` cleanly."""
+    shutdown = ShutdownRequest().install()
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    return shutdown
+
+
+def spin(node, shutdown: ShutdownRequest, until: Callable[[], bool] | None = None,
+         close: Callable[[], None] | None = None, single_threaded: bool = False) -> int:
+    """Spin `node` until SIGINT/SIGTERM, an external shutdown or `until()`; then stop the
+    executor (callbacks in flight finish, no new ones start), close, destroy and shut down, in
+    that order: nothing publishes after the context is gone. Exits 0.
+
+    Multi-threaded by default (sensor callbacks beside the control timer); `single_threaded`
+    runs every callback on this (the main) thread, where the node was built: an OpenGL context
+    made current here can only render here."""
+    executor = SingleThreadedExecutor() if single_threaded else DrainingExecutor()
     executor.add_node(node)
     try:
-        if until is None:
-            executor.spin()
-        else:
-            while rclpy.ok() and not until():
-                executor.spin_once(timeout_sec=0.1)
-    except (KeyboardInterrupt, ExternalShutdownException):
+        # short waits: a signal handler runs between them, so a stop takes at most 0.1 s
+        while not shutdown.requested and rclpy.ok() and not (until is not None and until()):
+            executor.spin_once(timeout_sec=0.1)
+    except ExternalShutdownException:
         pass
     finally:
+        executor.shutdown()
         if close is not None:
             close()
-        executor.shutdown()
         node.destroy_node()
         rclpy.try_shutdown()
+        shutdown.ignore_further()
     return 0

@@ -26,7 +26,7 @@ from trajectory_msgs.msg import JointTrajectory
 from fastdp_ros.errors import FastDPError
 from fastdp_ros.nodes import node_common as common
 from fastdp_ros.nodes.catalog import PolicyCatalog
-from fastdp_ros.nodes.monitor_logic import MonitorConfig, MonitorLogic, build_scorer
+from fastdp_ros.nodes.monitor_logic import MonitorConfig, MonitorLogic, build_monitor
 from fastdp_ros.nodes.parameters import MONITOR_NODE_NAME, MONITOR_PARAMETERS, command_topic
 from fastdp_ros.nodes.sensors import SensorConfig
 
@@ -42,15 +42,15 @@ class OODMonitorNode(Node):
         commands = command_topic(p)  # checks command_interface
         catalog = PolicyCatalog.from_file(p["policies_file"] or common.default_policies_file())
         entry = catalog.resolve(p["model_dir"] or p["policy"])
-        scorer = build_scorer(entry, p)
-        spec = scorer.spec
+        monitor = build_monitor(entry, p)
+        spec = monitor.spec
         sensors = SensorConfig.from_params(p, list(spec.image_keys),
                                            tuple(spec.image_shape) if spec.image_keys else None,
                                            wants_tcp_pose="tcp_pose" in spec.obs_keys)
         config = MonitorConfig.from_params(p)
-        self.logic = MonitorLogic(scorer, config, sensors, clock=self.now)
-        self.get_logger().info(f"monitoring with {entry.name} ({entry.path}, {scorer.kind} score, threshold "
-                               f"{scorer.threshold:.4g}, debounce {config.debounce})")
+        self.logic = MonitorLogic(monitor, config, sensors, clock=self.now)
+        self.get_logger().info(f"monitoring with {entry.name} ({entry.path}, {monitor.kind} score, threshold "
+                               f"{monitor.threshold:.4g} ({monitor.threshold_source}), debounce {monitor.debounce})")
 
         self.stop_pub = self.create_publisher(Bool, p["stop_topic"], common.STOP_QOS)
         self.score_pub = self.create_publisher(Float32, p["score_topic"], common.RELIABLE_QOS)
@@ -111,14 +111,14 @@ class OODMonitorNode(Node):
 
 
 def main(args=None) -> int:
-    rclpy.init(args=args)
+    shutdown = common.init(args)
     try:
         node = OODMonitorNode()
     except FastDPError as e:
         rclpy.logging.get_logger(MONITOR_NODE_NAME).fatal(f"cannot start: {e}")
         rclpy.try_shutdown()
         return 1
-    return common.spin(node, close=node.close)
+    return common.spin(node, shutdown, close=node.close)
 
 
 if __name__ == "__main__":

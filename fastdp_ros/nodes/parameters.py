@@ -13,6 +13,7 @@ Default topic names follow ros2_control's controllers (`<controller>/joint_traje
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -40,12 +41,16 @@ STOP_TOPIC = "/fastdp/stop"
 OOD_SCORE_TOPIC = "/fastdp/ood_score"
 GRIPPER_COMMAND_TOPIC = "/fastdp/gripper_width"  # std_msgs/Float64, opening width in m
 EPISODE_TOPIC = "/fastdp_sim/episode"  # std_msgs/Header: the simulation started a new episode
+OUTCOME_TOPIC = "/fastdp_sim/outcome"  # std_msgs/String, JSON: how an episode ended
 DEFAULT_IMAGE_KEYS = ["img_front", "img_wrist"]  # `fastdp train`'s default cameras
 DEFAULT_IMAGE_TOPICS = ["/camera/front/image_raw", "/camera/wrist/image_raw"]
 
 #: the simulated Franka Hand's tool centre point along the hand's z axis (fastdp_ros.sim.scene.TCP_Z_HAND:
 #: the simulated fingers are longer than the real ones); the real hand's is kinematics.FRANKA_HAND_TCP_OFFSET
 SIM_TCP_OFFSET = 0.14
+#: stream watchdogs: stale after max(floor, periods x the stream's measured period)
+STREAM_TIMEOUT_PERIODS = 10.0
+STREAM_TIMEOUT_FLOOR = 0.5
 
 
 @dataclass(frozen=True)
@@ -126,7 +131,21 @@ def _sensor_params() -> list[ParamSpec]:
                   "sensor_msgs/JointState with the finger joints; empty: they come on joint_state_topic"),
         ParamSpec("diagnostics_period", 1.0, "seconds between diagnostic_msgs/DiagnosticArray messages on "
                                               "/diagnostics (diagnostic_updater's default period)"),
+        ParamSpec("stream_timeout_periods", STREAM_TIMEOUT_PERIODS,
+                  "a sensor stream (once started) is stale after this many of its measured periods (median "
+                  "interval of its header stamps) without a sample, or stream_timeout_floor if longer"),
+        ParamSpec("stream_timeout_floor", STREAM_TIMEOUT_FLOOR,
+                  "seconds below which no stream is called stale: on a loaded 2-core machine delivery stalls "
+                  "of 0.2-0.36 s were measured on healthy streams; the policy executes 0.8 s chunks anyway"),
     ]
+
+
+def stream_timeouts(params: dict) -> tuple[float, float]:
+    """(floor in s, periods) of the stream watchdogs, checked."""
+    floor, periods = float(params["stream_timeout_floor"]), float(params["stream_timeout_periods"])
+    if not (math.isfinite(floor) and floor > 0 and math.isfinite(periods) and periods >= 1):
+        raise ConfigError(f"need stream_timeout_floor > 0 s and stream_timeout_periods >= 1, got {floor}, {periods}")
+    return floor, periods
 
 
 POLICY_PARAMETERS: tuple[ParamSpec, ...] = (
@@ -176,6 +195,8 @@ MONITOR_PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("ood_dataset", "", "for a model without its own OOD index: the dataset it was trained on "
                                  "(training embeddings and the calibrated threshold come from it)"),
     ParamSpec("ood_samples", 1000, "dataset windows embedded per split (ood_dataset only)"),
+    ParamSpec("ood_threshold", 0.0, "OOD score above which a check counts as out of distribution; 0: the "
+                                     "threshold calibrated with the model (or on ood_dataset)"),
     ParamSpec("ood_quantile", 0.99, "threshold quantile of held-out in-distribution scores (ood_dataset only)"),
     ParamSpec("tcp_offset", FRANKA_HAND_TCP_OFFSET,
               "tool centre point along the hand's z axis (m), for a model observing tcp_pose: 0.1034 for the "
@@ -188,10 +209,9 @@ MONITOR_PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("score_topic", OOD_SCORE_TOPIC, "std_msgs/Float32 OOD score of every check"),
     ParamSpec("command_interface", "joint_trajectory", "the policy's command type (see fastdp_policy)"),
     *_command_topic_params("the policy's command topic"),
-    ParamSpec("command_timeout", 0.2, "seconds without a command (once commands have started) that raise the "
-                                      "stop: 12 ticks at 60 Hz, well past the 3-tick gap a hot swap may cause"),
-    ParamSpec("stream_max_age", 0.0, "seconds a sensor stream may go silent (once started) before the stop; "
-                                     "0: two recording periods of the model, as the policy's own watchdog"),
+    ParamSpec("command_timeout", 0.5, "seconds without a command (once commands have started) that raise the "
+                                      "stop: 30 ticks at 60 Hz; a hot swap keeps the command rate, and a loaded "
+                                      "machine's stalls stay well below (as stream_timeout_floor)"),
 )
 
 SIM_PARAMETERS: tuple[ParamSpec, ...] = (
@@ -211,6 +231,8 @@ SIM_PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("episodes", 0, "stop after this many episodes; 0: run until shut down"),
     ParamSpec("auto_reset", True, "start a new episode after a success or the task's time limit"),
     ParamSpec("episode_topic", EPISODE_TOPIC, "std_msgs/Header published at every episode reset"),
+    ParamSpec("outcome_topic", OUTCOME_TOPIC, "std_msgs/String, a JSON object per finished episode: episode, "
+                                              "seed, success, duration_s (reliable)"),
     ParamSpec("reset_command_tolerance", 0.01, "after a reset, arm commands apply once one lies within this "
                                                "many radians of the new start (the policy has restarted)"),
     ParamSpec("publish_clock", False, "publish the simulated time on /clock (run the other nodes with "

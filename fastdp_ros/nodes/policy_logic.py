@@ -41,8 +41,8 @@ import numpy as np
 from fastdp_ros.errors import ConfigError, FastDPError
 from fastdp_ros.nodes import kinematics
 from fastdp_ros.nodes.catalog import ModelEntry, PolicyCatalog
-from fastdp_ros.nodes.conversions import FRANKA_ROBOT_MODES, DiagnosticEntry
-from fastdp_ros.nodes.parameters import COMMAND_INTERFACES, POLICY_NODE_NAME, command_topic
+from fastdp_ros.ros_messages import FRANKA_ROBOT_MODES, DiagnosticEntry
+from fastdp_ros.nodes.parameters import COMMAND_INTERFACES, POLICY_NODE_NAME, command_topic, stream_timeouts
 from fastdp_ros.nodes.sensors import SensorConfig, SensorIntake
 from fastdp_ros.robots import get_robot
 from fastdp_ros.runtime.runner import PolicyRunner, RunnerConfig, resolve_loader, warm_up
@@ -93,6 +93,7 @@ class PolicyNodeConfig:
     backend: str
     device: str
     inference_threads: int
+    stream_timeouts: tuple[float, float]  # (floor s, periods): parameters.stream_timeouts
 
     @classmethod
     def from_params(cls, params: dict) -> "PolicyNodeConfig":
@@ -117,7 +118,8 @@ class PolicyNodeConfig:
                    command_topic=command_topic(params),
                    trajectory_lead_s=lead / rate, base_frame=params["base_frame"] or f"{prefix}_link0",
                    workspace=parse_workspace(params["workspace"]), backend=str(params["backend"]),
-                   device=str(params["device"]), inference_threads=int(params["inference_threads"]))
+                   device=str(params["device"]), inference_threads=int(params["inference_threads"]),
+                   stream_timeouts=stream_timeouts(params))
 
 
 @dataclass(frozen=True)
@@ -147,6 +149,21 @@ class SwapOutcome:
 def default_threads() -> int:
     """All cores but one: the control loop keeps a core (as `fastdp run`)."""
     return max(1, (os.cpu_count() or 2) - 1)
+
+
+def preload_swap_dependencies() -> None:
+    """Import now what a later hot swap may import for the first time: the policy modules and
+    faiss (retrieval-based policies). A first import holds the GIL while it loads its shared
+    libraries (faiss: 50-110 ms measured), and a swap doing it in its background thread stalled
+    the control timer for that long."""
+    from fastdp_ros.policies.base import registered_policies
+    from fastdp_ros.retrieval.index import import_faiss
+
+    registered_policies()
+    try:
+        import_faiss()
+    except ConfigError:
+        pass  # a swap to a retrieval policy will say so
 
 
 class PolicyLogic:
@@ -195,6 +212,7 @@ class PolicyLogic:
         threads = self.config.inference_threads or default_threads()
         _set_torch_threads(threads)
         t0 = time.perf_counter()
+        preload_swap_dependencies()
         policy = self.load(str(entry.path), **self._options(entry, threads))
         latency = warm_up(policy, calls=2)
         spec = policy.spec
@@ -205,7 +223,9 @@ class PolicyLogic:
         runner_config = RunnerConfig(rate=self.config.control_rate, blend=p["blend"], robot=self.robot.name,
                                      velocity_scale=float(p["velocity_scale"]),
                                      acceleration_scale=float(p["acceleration_scale"]),
-                                     replan_s=None if float(p["replan_period"]) < 0 else float(p["replan_period"]))
+                                     replan_s=None if float(p["replan_period"]) < 0 else float(p["replan_period"]),
+                                     stream_max_age_s=self.config.stream_timeouts[0],
+                                     stream_age_periods=self.config.stream_timeouts[1])
         tcp_offset = float(p["tcp_offset"])
         fk = (lambda q: kinematics.tcp_transform(q, tcp_offset)[0]) if self.config.workspace is not None else None
         self.runner = PolicyRunner(policy, runner_config, loader=self._raw_loader, backend=self.config.backend,
@@ -378,7 +398,7 @@ class PolicyLogic:
             waiting.append("joint_pos")
         for key in self.runner.buffer.keys:
             sample = self._latest.get(key)
-            if sample is None or now - sample[0] > self.runner.buffer.stream(key).max_age_s:
+            if sample is None or now - sample[0] > self.runner.buffer.max_age(key):
                 if key not in waiting:
                     waiting.append(key)
         return waiting
@@ -512,8 +532,8 @@ class PolicyLogic:
         ages = r.buffer.ages(now)
         stream_values = {f"{k} age_ms": _fmt(1e3 * a) for k, a in ages.items()}
         stale = r.buffer.stale(now) if self.started else {}
-        stream_values.update(self.intake.report())
-        errors = {k: v for k, v in stream_values.items() if k.endswith("last error")}
+        stream_values.update(self.intake.report(now))
+        errors = self.intake.current_errors(now)  # past errors stay in the values, not in the level
         s_level = "ERROR" if errors else ("WARN" if stale else "OK")
         s_message = (f"conversion errors: {'; '.join(errors.values())}" if errors
                      else f"stale: {', '.join(stale)}" if stale else "all streams fresh")

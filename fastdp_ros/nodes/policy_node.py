@@ -19,7 +19,6 @@ reason. All logic lives in policy_logic.py; this file only moves messages.
 
 from __future__ import annotations
 
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped
 from rcl_interfaces.msg import SetParametersResult
@@ -32,7 +31,7 @@ from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from fastdp_ros.errors import FastDPError
-from fastdp_ros.nodes import conversions as conv
+from fastdp_ros import ros_messages as conv
 from fastdp_ros.nodes import node_common as common
 from fastdp_ros.nodes.catalog import PolicyCatalog
 from fastdp_ros.nodes.parameters import POLICY_NODE_NAME, POLICY_PARAMETERS, read_parameters
@@ -224,7 +223,7 @@ class PolicyNode(LifecycleNode):
 
 
 def main(args=None) -> int:
-    rclpy.init(args=args)
+    shutdown = common.init(args)
     node = PolicyNode()
     if node.params["autostart"]:
         if node.trigger_configure() == TransitionCallbackReturn.SUCCESS:
@@ -232,7 +231,7 @@ def main(args=None) -> int:
         else:
             node.get_logger().error("autostart: configure failed; fix the parameters and run "
                                     f"`ros2 lifecycle set /{POLICY_NODE_NAME} configure`")
-    return common.spin(node, close=node.close)
+    return common.spin(node, shutdown, close=node.close)
 
 
 if __name__ == "__main__":

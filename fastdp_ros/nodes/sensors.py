@@ -4,7 +4,9 @@ A callback hands its message here; what comes out are `(key, stamp, value)` samp
 policy's units (images uint8 RGB (H, W, 3), `joint_pos` (7,), `gripper` (1,) opening width,
 `tcp_pose` (7,) from the joint positions), given to a sink (the PolicyRunner's `observe`, or
 the monitor's buffer). A message that cannot be converted is counted and its error kept for
-/diagnostics; it is dropped, never half-used.
+/diagnostics; it is dropped, never half-used. An error is current while the source's newest
+message failed or for ERROR_HOLD_S after it (so a 1 Hz diagnostic sees intermittent ones);
+after that it is reported as past, with its age, and no longer as an error.
 
 Stamps are the header stamps (the sensor's instant). A zero stamp (a driver that does not
 stamp) falls back to the receive time and is counted as such.
@@ -20,13 +22,16 @@ from typing import Callable
 import numpy as np
 
 from fastdp_ros.errors import ConfigError, FastDPError
-from fastdp_ros.nodes import conversions as conv
+from fastdp_ros import ros_messages as conv
 from fastdp_ros.nodes import kinematics
 from fastdp_ros.robots import N_ARM_JOINTS, RobotSpec, get_robot
 
 log = logging.getLogger(__name__)
 
 Sink = Callable[[str, float, np.ndarray], object]
+
+#: seconds a conversion error stays current once good messages follow it
+ERROR_HOLD_S = 5.0
 
 
 def arm_joint_names(robot: RobotSpec, prefix: str = "") -> list[str]:
@@ -92,6 +97,8 @@ class SensorIntake:
         self.gripper: float | None = None  # newest measured opening width
         self.counts: dict[str, dict[str, int]] = {}
         self.last_error: dict[str, str] = {}
+        self._error_at: dict[str, float] = {}  # source -> time of its newest error
+        self._failing: set[str] = set()  # sources whose newest message failed
         self.unstamped = 0
 
     def _stamp(self, header, now: float) -> float:
@@ -101,12 +108,16 @@ class SensorIntake:
             return float(now)
         return t
 
-    def _count(self, source: str, ok: bool, error: str | None = None) -> None:
+    def _count(self, source: str, now: float, ok: bool, error: str | None = None) -> None:
         with self._lock:
             c = self.counts.setdefault(source, {"received": 0, "errors": 0})
             c["received"] += 1
-            if not ok:
+            if ok:
+                self._failing.discard(source)
+            else:
                 c["errors"] += 1
+                self._failing.add(source)
+                self._error_at[source] = float(now)
                 first = source not in self.last_error or self.last_error[source] != error
                 self.last_error[source] = error
                 if first:  # log a new error once, not at the sensor's rate
@@ -121,9 +132,9 @@ class SensorIntake:
             else:
                 rgb = conv.image_to_rgb(msg, self.config.image_shape)
         except FastDPError as e:
-            self._count(source, False, str(e))
+            self._count(source, now, False, str(e))
             return False
-        self._count(source, True)
+        self._count(source, now, True)
         self.sink(key, self._stamp(msg.header, now), rgb)
         return True
 
@@ -133,9 +144,9 @@ class SensorIntake:
             q = conv.joint_positions(msg, self.config.joint_names)
             width = conv.gripper_width(msg, self.config.finger_names)
         except FastDPError as e:
-            self._count("joint_state", False, str(e))
+            self._count("joint_state", now, False, str(e))
             return False
-        self._count("joint_state", True)
+        self._count("joint_state", now, True)
         stamp = self._stamp(msg.header, now)
         self.q, self.q_stamp = q, stamp
         self.sink("joint_pos", stamp, q.astype(np.float32))
@@ -151,10 +162,10 @@ class SensorIntake:
         names = self.config.finger_names
         width = conv.gripper_width(msg, names)
         if width is None:
-            self._count("gripper_state", False, f"gripper JointState lacks finger joints {names}; it has "
+            self._count("gripper_state", now, False, f"gripper JointState lacks finger joints {names}; it has "
                                                 f"{list(msg.name)}")
             return False
-        self._count("gripper_state", True)
+        self._count("gripper_state", now, True)
         self._gripper(self._stamp(msg.header, now), width)
         return True
 
@@ -162,8 +173,15 @@ class SensorIntake:
         self.gripper = width
         self.sink("gripper", stamp, np.array([width], np.float32))
 
-    def report(self) -> dict[str, str]:
-        """Counts and the newest error per source, as diagnostic key/values."""
+    def current_errors(self, now: float) -> dict[str, str]:
+        """{source: error} of the sources failing now: newest message failed, or an error within
+        ERROR_HOLD_S."""
+        with self._lock:
+            return {src: self.last_error[src] for src, t in self._error_at.items()
+                    if src in self._failing or now - t <= ERROR_HOLD_S}
+
+    def report(self, now: float) -> dict[str, str]:
+        """Counts and the newest error per source (with its age), as diagnostic key/values."""
         out = {}
         with self._lock:
             for source, c in sorted(self.counts.items()):
@@ -171,6 +189,7 @@ class SensorIntake:
                 if c["errors"]:
                     out[f"{source} errors"] = str(c["errors"])
                     out[f"{source} last error"] = self.last_error.get(source, "")
+                    out[f"{source} last error age_s"] = f"{now - self._error_at[source]:.1f}"
         if self.unstamped:
             out["unstamped messages (receive time used)"] = str(self.unstamped)
         return out

@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fastdp_ros.errors import ConfigError, FastDPError
-from fastdp_ros.nodes import conversions as conv
+from fastdp_ros import ros_messages as conv
 from fastdp_ros.nodes import kinematics
-from fastdp_ros.nodes.conversions import IMAGE_ENCODINGS
+from fastdp_ros.ros_messages import IMAGE_ENCODINGS
 from fastdp_ros.robots import PANDA
 
 log = logging.getLogger(__name__)
@@ -154,6 +154,7 @@ class SimStep:
     joint_states: list[JointSample] = field(default_factory=list)
     images: list[tuple[str, float, np.ndarray]] = field(default_factory=list)  # (camera, stamp, pixels)
     episode: EpisodeEvent | None = None
+    outcome: dict | None = None  # the episode that just ended: episode, seed, success, duration_s
     done: bool = False  # the requested number of episodes has run
 
 
@@ -292,8 +293,9 @@ class SimLogic:
         success = self.plant.success()
         if success or self.plant.episode_time() >= self.plant.time_limit:
             self._over = True
-            self.results.append({"episode": self.episode, "seed": self.seed, "success": success,
-                                 "duration_s": self.plant.episode_time()})
+            out.outcome = {"episode": self.episode, "seed": self.seed, "success": bool(success),
+                           "duration_s": round(float(self.plant.episode_time()), 3)}
+            self.results.append(out.outcome)
             log.info("episode %d (seed %d): %s after %.1f s (%d of %d succeeded)", self.episode, self.seed,
                      "success" if success else "failure", self.plant.episode_time(),
                      sum(r["success"] for r in self.results), len(self.results))

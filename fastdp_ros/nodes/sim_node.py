@@ -3,7 +3,7 @@
 Publishes, stamped at their physics instants: joint_state_topic (sensor_msgs/JointState, the
 7 Panda arm joints and both finger joints, reliable) at joint_state_rate, one
 sensor_msgs/Image per camera (sensor-data QoS) at camera_rate, episode_topic (std_msgs/Header)
-at every episode start, and /clock (rosgraph_msgs/Clock) when publish_clock is set.
+at every episode start, outcome_topic (std_msgs/String, JSON) at every episode end, and /clock (rosgraph_msgs/Clock) when publish_clock is set.
 Subscribes the controllers' inputs: joint_trajectory_topic (JointTrajectory),
 forward_command_topic (Float64MultiArray), target_pose_topic (PoseStamped) and
 gripper_command_topic (std_msgs/Float64).
@@ -12,6 +12,7 @@ All logic lives in sim_logic.py (which reuses runtime.loop.SimPlant, as `fastdp 
 
 from __future__ import annotations
 
+import json
 import time
 
 import rclpy
@@ -20,11 +21,11 @@ from geometry_msgs.msg import PoseStamped
 from rclpy.node import Node
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import Image, JointState
-from std_msgs.msg import Float64, Float64MultiArray, Header
+from std_msgs.msg import Float64, Float64MultiArray, Header, String
 from trajectory_msgs.msg import JointTrajectory
 
 from fastdp_ros.errors import FastDPError
-from fastdp_ros.nodes import conversions as conv
+from fastdp_ros import ros_messages as conv
 from fastdp_ros.nodes import node_common as common
 from fastdp_ros.nodes.parameters import SIM_NODE_NAME, SIM_PARAMETERS
 from fastdp_ros.nodes.sim_logic import SimConfig, SimLogic
@@ -43,6 +44,7 @@ class SimNode(Node):
         self.image_pubs = {cam: self.create_publisher(Image, topic, common.SENSOR_QOS)
                            for cam, topic in self.logic.config.image_topics.items()}
         self.episode_pub = self.create_publisher(Header, p["episode_topic"], common.RELIABLE_QOS)
+        self.outcome_pub = self.create_publisher(String, p["outcome_topic"], common.RELIABLE_QOS)
         self.clock_pub = self.create_publisher(Clock, "/clock", common.RELIABLE_QOS) if self.publish_clock else None
         qos = common.RELIABLE_QOS
         self.create_subscription(JointTrajectory, p["joint_trajectory_topic"],
@@ -84,6 +86,8 @@ class SimNode(Node):
             conv.fill_header(msg.header, stamp, f"{camera}_camera")
             conv.fill_image(msg, self.logic.image_message_pixels(pixels), self.logic.config.image_encoding)
             self.image_pubs[camera].publish(msg)
+        if step.outcome is not None:
+            self.outcome_pub.publish(String(data=json.dumps(step.outcome)))
         if step.episode is not None:
             self.publish_episode(step.episode)
         if step.done:
@@ -96,14 +100,15 @@ class SimNode(Node):
 
 
 def main(args=None) -> int:
-    rclpy.init(args=args)
+    shutdown = common.init(args)
     try:
         node = SimNode()
     except FastDPError as e:
         rclpy.logging.get_logger(SIM_NODE_NAME).fatal(f"cannot start: {e}")
         rclpy.try_shutdown()
         return 1
-    return common.spin(node, until=lambda: node.finished, close=node.close)
+    # one thread, this one: the renderer's OpenGL context was made current here
+    return common.spin(node, shutdown, until=lambda: node.finished, close=node.close, single_threaded=True)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import bisect
 import logging
 import math
 import threading
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,14 +36,16 @@ class StreamSpec:
     key: str
     shape: tuple[int, ...]
     image: bool
-    max_age_s: float
+    max_age_s: float  # the limit; with age_periods, its floor
+    age_periods: float = 0.0  # > 0: the limit is at least this many of the stream's measured periods
 
 
 class _Stream:
-    __slots__ = ("spec", "stamps", "values", "received", "rejected")
+    __slots__ = ("spec", "stamps", "values", "received", "rejected", "recent")
 
-    def __init__(self, spec: StreamSpec):
+    def __init__(self, spec: StreamSpec, window: int):
         self.spec = spec
+        self.recent: deque[float] = deque(maxlen=window + 1)  # newest stamps, for the measured period
         self.stamps: list[float] = []
         self.values: list[np.ndarray] = []
         self.received = 0
@@ -72,13 +75,17 @@ class ObservationBuffer:
         if not (retention_s > 0 and math.isfinite(retention_s)):
             raise ConfigError(f"retention_s must be a positive number of seconds, got {retention_s}")
         self.retention_s = float(retention_s)
-        self._streams = {k: _Stream(s) for k, s in streams.items()}
+        self._streams = {k: _Stream(s, self.PERIOD_WINDOW) for k, s in streams.items()}
         self._lock = threading.Lock()
         self._since = -math.inf  # staleness of never-seen streams counts from here (start / reset)
 
+    #: stamp intervals the measured period of a stream is the median of
+    PERIOD_WINDOW = 32
+
     @classmethod
     def for_spec(cls, spec: PolicySpec, max_age_s: float | dict[str, float] | None = None,
-                 retention_s: float | None = None, also: tuple[PolicySpec, ...] = ()) -> "ObservationBuffer":
+                 retention_s: float | None = None, also: tuple[PolicySpec, ...] = (),
+                 age_periods: float = 0.0) -> "ObservationBuffer":
         """Streams for every observation key of `spec` (and of the specs in `also`, e.g. an OOD
         monitor's encoder, which must agree on the shapes of shared keys).
 
@@ -86,7 +93,9 @@ class ObservationBuffer:
         key). By default that is two recording periods of `spec`: the history needs a frame every
         `dt`, and a stream that has missed two of them can no longer feed it. The buffer keeps
         `retention_s` of samples, by default twice the longest history span or max age (and at
-        least one second).
+        least one second). With `age_periods` > 0 the max age is a floor, and a stream's limit
+        follows its own rate: `age_periods` times its measured period (the median interval of
+        its recent header stamps), so a slow sensor is not flagged for being slow.
         """
         specs = (spec, *also)
         default_age = 2.0 * spec.dt
@@ -105,7 +114,7 @@ class ObservationBuffer:
                     age = default_age if max_age_s is None else float(max_age_s)
                 if not (age > 0):
                     raise ConfigError(f"max age of stream {key!r} must be > 0 s, got {age}")
-                streams[key] = StreamSpec(key, shape, key in s.image_keys, age)
+                streams[key] = StreamSpec(key, shape, key in s.image_keys, age, float(age_periods))
         span = max((s.n_obs_steps - 1) * s.dt for s in specs)
         if retention_s is None:
             retention_s = max(1.0, 2.0 * span, 2.0 * max(st.max_age_s for st in streams.values()))
@@ -162,6 +171,8 @@ class ObservationBuffer:
             if not stamps or stamp > stamps[-1]:
                 stamps.append(stamp)
                 values.append(x)
+                if not stream.recent or stamp > stream.recent[-1]:
+                    stream.recent.append(stamp)
             else:  # out of order (several publishers, best-effort transport): keep time order
                 i = bisect.bisect_left(stamps, stamp)
                 if i < len(stamps) and stamps[i] == stamp:
@@ -197,9 +208,35 @@ class ObservationBuffer:
         with self._lock:
             return {k: now - (s.stamps[-1] if s.stamps else self._since) for k, s in self._streams.items()}
 
+    def period(self, key: str) -> float | None:
+        """The stream's measured period: the median interval of its recent stamps (None before
+        two samples)."""
+        with self._lock:
+            stamps = list(self._streams[key].recent)
+        if len(stamps) < 2:
+            return None
+        return float(np.median(np.diff(stamps)))
+
+    def max_age(self, key: str) -> float:
+        """How old the stream's newest sample may be: its max age, or with age_periods the larger
+        of that floor and age_periods measured periods."""
+        spec = self._streams[key].spec
+        if spec.age_periods <= 0:
+            return spec.max_age_s
+        period = self.period(key)
+        limit = spec.max_age_s if period is None else max(spec.max_age_s, spec.age_periods * period)
+        with self._lock:
+            warming = len(self._streams[key].recent) <= spec.age_periods
+        # a stream's first samples arrive while every process of the graph is still starting up
+        # (stalls of 0.57 s measured on a loaded 2-core machine): twice the limit until its rate is known
+        return 2.0 * limit if warming else limit
+
+    def max_ages(self) -> dict[str, float]:
+        return {k: self.max_age(k) for k in self._streams}
+
     def stale(self, now: float) -> dict[str, float]:
         """The streams older than their max age, with their ages."""
-        return {k: age for k, age in self.ages(now).items() if age > self._streams[k].spec.max_age_s}
+        return {k: age for k, age in self.ages(now).items() if age > self.max_age(k)}
 
     def counts(self) -> dict[str, dict[str, int]]:
         return {k: {"received": s.received, "rejected": s.rejected} for k, s in self._streams.items()}

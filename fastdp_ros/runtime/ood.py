@@ -213,16 +213,22 @@ class OODMonitor(LatchedMonitor):
 
 class ModelScoreMonitor(LatchedMonitor):
     """A model's own calibrated OOD score: ALT's 1 - cosine similarity to the nearest frame of
-    its table, with the threshold stored in the model directory (no dataset needed)."""
+    its table, with the threshold stored in the model directory (no dataset needed). Given the
+    `model_dir`, its ood_calibration.json (false stops per hour, see calibrated_threshold)
+    replaces the threshold the model was trained with; `threshold_source` says which."""
 
     backend = "model"
 
-    def __init__(self, policy, debounce: int = 3):
+    def __init__(self, policy, debounce: int = 3, model_dir=None):
         if not hasattr(policy, "ood_score") or getattr(policy, "threshold", None) is None:
             raise ConfigError(f"a {getattr(policy, 'policy_type', type(policy).__name__)!r} model has no OOD score "
                               "of its own (ALT models have one); give the monitor a dataset instead")
         super().__init__(policy.threshold, debounce, policy.spec)
         self.policy = policy
+        self.threshold_source = "calibrated with the model"
+        calibrated = calibrated_threshold(model_dir) if model_dir is not None else None
+        if calibrated is not None:
+            self.threshold, self.threshold_source = calibrated
 
     def score(self, obs: dict) -> float:
         s = float(self.policy.ood_score(obs))
@@ -264,3 +270,114 @@ def monitor_from_dataset(encoder_policy, dataset_path, samples: int = 1000, quan
     monitor = OODMonitor(encoder_policy.encode, embeddings[0], k=k, debounce=debounce, spec=spec)
     monitor.calibrate(embeddings[1], quantile)
     return monitor
+
+
+# ------------------------------------------------------------------------------- false stops per hour
+
+
+CALIBRATION_FILE = "ood_calibration.json"
+
+
+def calibrated_threshold(model_dir) -> tuple[float, str] | None:
+    """(threshold, what it is for) from `model_dir`/ood_calibration.json, written by
+    scripts/calibrate_ood.py; None without one. A broken file raises ConfigError."""
+    import json
+    from pathlib import Path
+
+    path = Path(model_dir) / CALIBRATION_FILE
+    if not path.is_file():
+        return None
+    try:
+        report = json.loads(path.read_text())
+        value = float(report["threshold"])
+        rate = report.get("calibration", {}).get("target_per_hour")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ConfigError(f"{path} is not a calibration report ({e}): re-run scripts/calibrate_ood.py "
+                          f"or delete it") from None
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"{path} has threshold {value}: re-run scripts/calibrate_ood.py")
+    return value, f"{path.name}, {rate} false stops per hour"
+
+
+def debounced_stops(scores, threshold: float, debounce: int) -> int:
+    """Stops a monitor raises on one sequence of check scores: `debounce` consecutive scores
+    over `threshold` raise one (NaN counts as over); the count starts again after it (an
+    operator released the stop)."""
+    run = stops = 0
+    for s in np.asarray(scores, dtype=np.float64).reshape(-1):
+        run = run + 1 if not s <= threshold else 0
+        if run >= debounce:
+            stops, run = stops + 1, 0
+    return stops
+
+
+def debounced_peaks(scores, debounce: int) -> np.ndarray:
+    """For every `debounce` consecutive checks, the lowest score: a threshold below it stops."""
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if len(s) < debounce:
+        return np.zeros(0)
+    windows = np.lib.stride_tricks.sliding_window_view(s, debounce)
+    return windows.min(axis=1)
+
+
+@dataclass(frozen=True)
+class FalseStopCalibration:
+    """A threshold chosen for a rate of false stops per hour of nominal operation.
+
+    `threshold` is the larger of `zero_stop_threshold` (no stop at all in the recorded nominal
+    operation) and `tail_threshold`, where an exponential tail fitted to the highest debounced
+    scores (above their `tail_quantile`) predicts `target_per_hour` stops per hour: the recorded
+    hours alone cannot show rates below one per recorded duration."""
+
+    threshold: float
+    target_per_hour: float
+    debounce: int
+    check_period_s: float
+    hours: float
+    checks: int
+    sequences: int
+    zero_stop_threshold: float
+    tail_threshold: float
+    tail_quantile: float
+    tail_start: float
+    tail_mean_excess: float
+    tail_rate_per_hour: float
+    stops_at_threshold: int
+
+    def to_dict(self) -> dict:
+        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
+
+
+def calibrate_false_stops(sequences, debounce: int, check_period_s: float, target_per_hour: float,
+                          tail_quantile: float = 0.99) -> FalseStopCalibration:
+    """The OOD threshold for `target_per_hour` false stops per hour, from check-score sequences
+    of nominal operation (e.g. the policy's own closed-loop rollouts, one sequence per episode)
+    checked every `check_period_s` with `debounce`."""
+    if debounce < 1 or not (check_period_s > 0) or not (target_per_hour > 0) or not 0 < tail_quantile < 1:
+        raise ConfigError("need debounce >= 1, check_period_s > 0, target_per_hour > 0, 0 < tail_quantile < 1")
+    seqs = [np.asarray(s, dtype=np.float64).reshape(-1) for s in sequences]
+    if any(not np.all(np.isfinite(s)) for s in seqs):
+        raise ConfigError("nominal OOD scores contain NaN or inf: the encoder fails on nominal frames")
+    peaks = [debounced_peaks(s, debounce) for s in seqs]
+    all_peaks = np.concatenate(peaks) if peaks else np.zeros(0)
+    if len(all_peaks) < 100:
+        raise ConfigError(f"{len(all_peaks)} debounced checks of nominal operation are too few to calibrate "
+                          f"a false-stop rate: record more episodes")
+    checks = int(sum(len(s) for s in seqs))
+    hours = checks * check_period_s / 3600.0
+    zero = float(all_peaks.max())
+    start = float(np.quantile(all_peaks, tail_quantile))
+    excess = all_peaks[all_peaks > start] - start
+    mean_excess = float(excess.mean()) if len(excess) else 0.0
+    rate_start = sum(debounced_stops(s, start, debounce) for s in seqs) / hours
+    if mean_excess > 0 and rate_start > target_per_hour:
+        tail = start + mean_excess * math.log(rate_start / target_per_hour)
+    else:
+        tail = start
+    threshold = max(zero, tail)
+    return FalseStopCalibration(
+        threshold=float(threshold), target_per_hour=float(target_per_hour), debounce=int(debounce),
+        check_period_s=float(check_period_s), hours=float(hours), checks=checks, sequences=len(seqs),
+        zero_stop_threshold=zero, tail_threshold=float(tail), tail_quantile=float(tail_quantile),
+        tail_start=start, tail_mean_excess=mean_excess, tail_rate_per_hour=float(rate_start),
+        stops_at_threshold=int(sum(debounced_stops(s, threshold, debounce) for s in seqs)))

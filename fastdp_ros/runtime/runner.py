@@ -63,6 +63,7 @@ class RunnerConfig:
     max_command_age_s: float | None = None  # default: the span a chunk plans ahead
     stall_timeout_s: float | None = None  # one inference call this long raises the stop; default = max command age
     stream_max_age_s: float | dict | None = None  # default 2 * spec.dt (see ObservationBuffer.for_spec)
+    stream_age_periods: float = 0.0  # > 0: stream_max_age_s is a floor; the limit follows each stream's rate
     velocity_scale: float = 1.0  # fraction of the robot's velocity limits
     acceleration_scale: float = 1.0  # fraction of the robot's acceleration limits
     warmup_calls: int = 2  # act() calls on a new policy before it drives (first calls are slow)
@@ -246,7 +247,8 @@ class PolicyRunner:
         self.period = 1.0 / self.config.rate
         self.ood = ood
         ood_spec = ood.spec if ood is not None and ood.spec is not None else spec
-        self.buffer = ObservationBuffer.for_spec(spec, self.config.stream_max_age_s, also=(ood_spec,))
+        self.buffer = ObservationBuffer.for_spec(spec, self.config.stream_max_age_s, also=(ood_spec,),
+                                                 age_periods=self.config.stream_age_periods)
         self.ood_spec = ood_spec
         self.scheduler = ActionScheduler(JOINT_ACTION_DIM, self.config.blend, self.timing.crossfade_s,
                                          self.config.ensemble_decay, self.config.lead_steps,
@@ -396,7 +398,7 @@ class PolicyRunner:
         self._submit_observations()
         self.command_age_s = self._command_age(now)
         for source, key, reason in check_watchdogs(self.limits, now, self.buffer.stale(now),
-                                                   {k: self.buffer.stream(k).max_age_s for k in self.buffer.keys},
+                                                   self.buffer.max_ages(),
                                                    self.worker, self.command_age_s):
             self.latch.raise_stop(source, reason, now, key=key)
         if self.latch.stopped:

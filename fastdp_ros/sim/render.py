@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 
 import mujoco
 import numpy as np
@@ -63,13 +64,13 @@ def _align_backend() -> None:
         log.warning("could not switch MuJoCo's OpenGL backend to %s: %s", wanted, err)
 
 
-def _renderer_error(what: str, err: BaseException) -> RendererError:
+def _renderer_error(what: str, err: BaseException, hint: str = _INSTALL_HINT) -> RendererError:
     env = os.environ.get("MUJOCO_GL")
     backend = gl_backend()
     msg = (
         f"the MuJoCo offscreen renderer could not {what} "
         f"(MUJOCO_GL={env!r}, backend in use {backend!r}): {type(err).__name__}: {err}. "
-        f"{_INSTALL_HINT}"
+        f"{hint}"
     )
     if env is not None and backend != env.lower().strip():
         msg += (
@@ -83,7 +84,9 @@ class OffscreenRenderer:
     """Renders the named cameras of one model at one image size.
 
     Shadows, reflections, the skybox and multisampling are off; sites and collision geoms are
-    hidden. One OpenGL context per instance; reuse it for every frame of that size.
+    hidden. One OpenGL context per instance; reuse it for every frame of that size. The context
+    is current on the thread that created the renderer, and only that thread may render (EGL
+    refuses to make it current on a second one).
     """
 
     def __init__(self, model: mujoco.MjModel, height: int, width: int):
@@ -96,6 +99,7 @@ class OffscreenRenderer:
             model.vis.global_.offheight = self.height
         model.vis.quality.offsamples = 0
         _align_backend()
+        self._thread = threading.current_thread()
         try:
             self._renderer = mujoco.Renderer(model, self.height, self.width)
         except Exception as err:  # noqa: BLE001 - any backend failure is a renderer failure
@@ -130,6 +134,11 @@ class OffscreenRenderer:
         """An RGB frame (height x width x 3, uint8) of ``camera`` in the state ``data``."""
         if self._renderer is None:
             raise RendererError("render() called after close()")
+        if threading.current_thread() is not self._thread:
+            raise RendererError(
+                f"the MuJoCo offscreen renderer was asked to render from thread "
+                f"{threading.current_thread().name!r}, but its OpenGL context belongs to thread "
+                f"{self._thread.name!r}, which created it: render on that thread")
         try:
             self._renderer.update_scene(data, camera=self._camera(camera),
                                         scene_option=self._option)
@@ -137,7 +146,8 @@ class OffscreenRenderer:
         except RendererError:
             raise
         except Exception as err:  # noqa: BLE001
-            raise _renderer_error("render a frame", err) from err
+            # it started, so the libraries are there: no installation hint
+            raise _renderer_error("render a frame", err, hint="") from err
 
     def close(self) -> None:
         r, self._renderer = getattr(self, "_renderer", None), None

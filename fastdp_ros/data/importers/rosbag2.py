@@ -183,9 +183,9 @@ class _BagReader:
 
 
 def _conversions():
-    from fastdp_ros.nodes import conversions  # messages <-> numpy, no rclpy: works on rosbags' messages
+    from fastdp_ros import ros_messages  # messages <-> numpy, no rclpy: works on rosbags' messages
 
-    return conversions
+    return ros_messages
 
 
 def _robot_and_names(bag: dict, options: Rosbag2Options, path: Path):
