@@ -1,6 +1,7 @@
 """The documented install resolves no CUDA on a CPU machine: pip's plan (a dry run with a report,
 nothing installed) for requirements-torch-cpu.txt, as scripts/setup_env.sh installs it without
-an NVIDIA GPU, and for `pip install -e .[dev]`, the README's line without the scripts."""
+an NVIDIA GPU, and for `pip install -e .[dev,ros]`, what scripts/test.sh installs after it (the
+README's `pip install -e .` plus extras)."""
 
 import json
 import re
@@ -70,7 +71,7 @@ def test_the_cpu_torch_requirement_resolves_no_cuda(tmp_path):
 
 
 def test_installing_the_package_brings_no_torch_and_no_cuda(tmp_path):
-    items = plan("-e", ".[dev]", tmp_path=tmp_path)
+    items = plan("-e", ".[dev,ros]", tmp_path=tmp_path)
     names = {i["name"] for i in items}
     assert "fastdp_ros" in names or "fastdp-ros" in names
     assert "torch" not in names, "torch in install_requires: PyPI's Linux torch is the CUDA build"
