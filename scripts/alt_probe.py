@@ -7,6 +7,8 @@ normalized action units ([-1, 1] over the dataset's limits):
 
   error          mean |retrieved - demonstration| over the executed steps (chunk indices
                  n_obs_steps - 1 .. n_obs_steps - 2 + n_action_steps)
+  error_start    the same over the episodes' first 16 frames (where the lookup must find a
+                 demonstration whose cube lies where this one's does), error_rest over the others
   first_step     the same for the first executed action (what the arm is sent now)
   joint_rad      mean |retrieved - demonstration| of the 7 joint targets over the executed
                  steps, in radians
@@ -20,11 +22,17 @@ joints (`nearest_relative`, what --relative-lookup does); and for two retrieval
 baselines over the same table episodes that need no training: the nearest frame by
 proprioception (joint_pos, gripper) and by proprioception plus the simulator's cube state
 (object_state; privileged, no camera sees it this exactly); and the floor of any single-chunk
-lookup, the table chunk nearest the demonstration's own (`best_chunk_in_table`). With `--eval` reports of
+lookup, the table chunk nearest the demonstration's own (`best_chunk_in_table`). With
+`--state-lookup-episodes N`, the privileged state lookup (`StateLookup`: target and cube
+position plus joints, k = 1 or 8, absolute or relative) is rolled out on the first N evaluation
+seeds: what a lookup of recorded chunks does in closed loop when it knows the state. With `--eval` reports of
 `fastdp eval` (same order as --models), closed-loop success is put beside each model.
 
-    python scripts/alt_probe.py --dataset data/push --models models/push_alt runs/push_alt_aw \
-        --eval bench/eval/push_alt.json bench/eval/push_alt_aw.json --out bench/alt_probe.json
+    python scripts/alt_probe.py --dataset data/push --models runs/push_alt_v1 runs/push_alt_aw \
+        runs/push_alt_aw2_k1_none models/push_alt runs/push_alt_aw2_k1_joint_pos \
+        --eval bench/eval/push_alt.json bench/eval/push_alt_aw_t0.01.json bench/eval/push_alt_aw2_k1.json \
+        bench/eval/push_alt_v2.json bench/eval/push_alt_aw2_relative.json \
+        --k 1 8 --lookup-temperature 0.05 --state-lookup-episodes 50 --out bench/alt_probe.json
 """
 
 from __future__ import annotations
@@ -44,12 +52,23 @@ def normalized_limits(actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return 2.0 / span, -1.0 - 2.0 * lo / span
 
 
+#: frame of each held-out row (set by main): `error_start` is the error over the first frames of
+#: the episodes, where the lookup must pick a demonstration whose cube lies where this one's does
+FRAMES: dict = {}
+START_FRAMES = 16
+
+
 def chunk_errors(retrieved: np.ndarray, demo: np.ndarray, joint_now: np.ndarray, scale: np.ndarray,
                  executed: slice) -> dict:
     """retrieved, demo (N, T, D) raw actions -> the errors described in the module docstring."""
     r, d = retrieved[:, executed], demo[:, executed]
     diff = np.abs((r - d) * scale)
-    return {"error": float(diff.mean()), "first_step": float(diff[:, 0].mean()),
+    start = FRAMES["frame"] < START_FRAMES
+    def part(mask):
+        return float(diff[mask].mean()) if mask.any() else None
+
+    return {"error": float(diff.mean()), "error_start": part(start), "error_rest": part(~start),
+            "first_step": float(diff[:, 0].mean()),
             "joint_rad": float(np.abs(r[..., :7] - d[..., :7]).mean()),
             "start_offset": float(np.abs(r[:, 0, :7] - joint_now).mean()),
             "start_offset_demo": float(np.abs(d[:, 0, :7] - joint_now).mean())}
@@ -68,6 +87,53 @@ def relative(chunks: np.ndarray, row_joints: np.ndarray, joint_now: np.ndarray) 
     return out
 
 
+class StateLookup:
+    """A lookup policy on privileged state, for the closed-loop ceiling of retrieval on this data:
+    the table rows of `episodes` keyed by (target xy, cube xy) * position_weight (m) and joint_pos
+    (rad); act() blends the chunks of the k nearest rows (weights exp(-(d2 - d2_min) / temperature)),
+    absolute or moved to start from the current joints (relative)."""
+
+    nfe = 1
+
+    def __init__(self, buffer, episodes, k: int, relative: bool, position_weight: float = 10.0,
+                 temperature: float = 1.0):
+        import faiss
+
+        from fastdp_ros.policies.spec import PolicySpec
+        from fastdp_ros.retrieval import ActionChunks
+
+        self.spec = PolicySpec(image_keys=(), image_shape=(96, 96, 3), lowdim_dims={"joint_pos": 7, "object_state": 10},
+                               action_dim=8, dt=0.1, horizon=16, n_obs_steps=2, n_action_steps=8)
+        self.k, self.relative, self.weight, self.temperature = k, relative, position_weight, temperature
+        table = {"episode": [], "frame": [], "action": []}
+        keys, joints = [], []
+        for ep in episodes:
+            d = buffer.get_episode(int(ep), ["joint_pos", "object_state", "action"])
+            n = len(d["action"])
+            keys.append(self.key(d["object_state"], d["joint_pos"]))
+            joints.append(d["joint_pos"])
+            table["episode"].append(np.full(n, ep, np.int32))
+            table["frame"].append(np.arange(n, dtype=np.int32))
+            table["action"].append(d["action"].reshape(n, -1))
+        self.chunks = ActionChunks({k: np.concatenate(v) for k, v in table.items()}, 2, 16)
+        self.joints = np.concatenate(joints)
+        self.index = faiss.IndexFlatL2(keys[0].shape[1])
+        self.index.add(np.ascontiguousarray(np.concatenate(keys), np.float32))
+
+    def key(self, object_state: np.ndarray, joint_pos: np.ndarray) -> np.ndarray:
+        """object_state = target xyz + cube xyz wxyz (fastdp_ros.sim.object_state)."""
+        return np.concatenate([object_state[:, [0, 1, 3, 4]] * self.weight, joint_pos], 1).astype(np.float32)
+
+    def act(self, obs: dict) -> np.ndarray:
+        joint = obs["joint_pos"][-1]
+        d2, ids = self.index.search(self.key(obs["object_state"][-1:], obs["joint_pos"][-1:]), self.k)
+        chunks = self.chunks(ids[0])
+        if self.relative:
+            chunks[..., :7] += (joint - self.joints[ids[0]])[:, None, :]
+        w = np.exp(-(d2[0] - d2[0, 0]) / self.temperature)
+        return np.tensordot(w / w.sum(), chunks, axes=1).astype(np.float32)
+
+
 def main(argv=None) -> int:
     import torch
 
@@ -82,6 +148,8 @@ def main(argv=None) -> int:
     ap.add_argument("--k", type=int, nargs="*", default=[1, 4, 16], help="lookups to compare: k nearest chunks")
     ap.add_argument("--lookup-temperature", type=float, nargs="*", default=[0.01, 0.05],
                     help="blend temperatures to compare for k > 1")
+    ap.add_argument("--state-lookup-episodes", type=int, default=0,
+                    help="also roll out the privileged state lookup (StateLookup) on this many evaluation seeds")
     ap.add_argument("--out", required=True, help="JSON report")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -107,6 +175,7 @@ def main(argv=None) -> int:
             demo_table["joint_pos"].append(data["joint_pos"].reshape(n, -1))
         demo_table = {k: np.concatenate(v) for k, v in demo_table.items()}
         demo = ActionChunks(demo_table, spec.n_obs_steps, spec.horizon)(np.arange(len(demo_table["frame"])))
+        FRAMES["frame"] = demo_table["frame"]
         if first is None:
             all_actions = np.asarray(buffer[spec.action_key][:]); all_actions = all_actions.reshape(len(all_actions), -1)
             scale, _ = normalized_limits(all_actions)
@@ -152,6 +221,8 @@ def main(argv=None) -> int:
     spec = first["spec"]
     keysets = {"proprio": ["joint_pos", "gripper"], "proprio_cube_state": ["joint_pos", "gripper", "object_state"]}
     for name, keys in keysets.items():
+        if any(k not in buffer for k in keys):
+            continue
         def features(episodes):
             rows = []
             for ep in episodes:
@@ -188,6 +259,18 @@ def main(argv=None) -> int:
     report["baselines"]["best_chunk_in_table"] = chunk_errors(all_rows[ids[:, 0]], first["demo"], first["joint"],
                                                               scale, executed)
     print("best_chunk_in_table", json.dumps(report["baselines"]["best_chunk_in_table"]))
+    if args.state_lookup_episodes:
+        from fastdp_ros.runtime.evaluate import evaluate_policy
+
+        report["state_lookup_closed_loop"] = {}
+        for k, rel in ((1, False), (1, True), (8, False), (8, True)):
+            name = f"k={k},{'relative' if rel else 'absolute'}"
+            result = evaluate_policy(StateLookup(buffer, first["table_episodes"], k, rel), "push",
+                                     args.state_lookup_episodes, show_progress=False)
+            report["state_lookup_closed_loop"][name] = {"success_rate": result.success_rate,
+                                                        "mean_return": result.mean_return,
+                                                        "episodes": args.state_lookup_episodes}
+            print("state lookup", name, report["state_lookup_closed_loop"][name])
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
     return 0

@@ -184,6 +184,29 @@ def test_k_nearest_lookup_blends_chunks_by_similarity(model, one_torch_thread):
     assert np.all(blended >= chunks.min(0) - 1e-6) and np.all(blended <= chunks.max(0) + 1e-6)  # a convex blend
 
 
+def test_alt_probe_measures_the_retrieved_chunks(model, tmp_path, one_torch_thread):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "alt_probe.py"
+    spec = importlib.util.spec_from_file_location("alt_probe", path)
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    out = tmp_path / "probe.json"
+    assert probe.main(["--dataset", str(model["ds"]), "--models", str(model["out"]), "--k", "1", "3",
+                       "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    entry = report["models"][str(model["out"])]
+    assert entry["holdout_frames"] == T and set(entry["by_k"]) == {"k=1", "k=3,t=0.01", "k=3,t=0.05"}
+    assert entry["by_k"]["k=1"] == entry["retrieved"]  # the model's own lookup is k = 1
+    for errors in (entry["retrieved"], *report["baselines"].values()):
+        assert errors["error_rest"] is None  # episodes of 12 frames: all within the first 16
+        assert all(np.isfinite(v) and v >= 0 for k, v in errors.items() if k not in ("keys", "error_rest"))
+    # no cube state in this dataset: the baselines by joints only, and the floor of any table chunk
+    assert set(report["baselines"]) == {"proprio", "proprio_relative", "best_chunk_in_table"}
+    assert report["baselines"]["best_chunk_in_table"]["error"] <= entry["retrieved"]["error"] + 1e-6
+
+
 def test_ood_flag_fires_on_an_unrelated_image(model, one_torch_thread):
     buf = ReplayBuffer.open(model["ds"])
     policy = load_policy(model["out"])

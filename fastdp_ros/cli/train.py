@@ -76,6 +76,9 @@ def add_parser(sub) -> None:
     a.add_argument("--action-temperature", type=float, default=0.0,
                    help="action-aware contrast: positives weighted by exp(-d / this), d the mean squared "
                         "difference of the frames' normalized future action chunks (0: instance discrimination only)")
+    a.add_argument("--crop-scale", type=lambda t: tuple(float(v) for v in t.split(",")), default=(0.8, 1.0),
+                   help="random resized crop of the positive views: area fraction LO,HI (near 1: the embedding "
+                        "keeps where things are in the image)")
     a.add_argument("--lookup-k", type=int, default=1,
                    help="act on the k nearest frames' chunks blended by similarity (1: the nearest frame's chunk)")
     a.add_argument("--lookup-temperature", type=float, default=0.02,
@@ -140,7 +143,7 @@ def run_alt(args) -> int:
     from fastdp_ros.policies.training import TrainSettings
 
     config = ALTConfig(image_size=args.alt_image_size, embed_dim=args.embed_dim, temperature=args.temperature,
-                       action_temperature=args.action_temperature, lookup_k=args.lookup_k,
+                       action_temperature=args.action_temperature, crop_scale=args.crop_scale, lookup_k=args.lookup_k,
                        lookup_temperature=args.lookup_temperature,
                        relative_to="joint_pos" if args.relative_lookup else "", holdout_ratio=args.holdout_ratio, ood_quantile=args.ood_quantile,
                        index_encoding=args.index_encoding)

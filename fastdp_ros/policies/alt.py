@@ -3,12 +3,16 @@
 A Diffusion Policy trained on few demonstrations mostly recalls the action sequence of the
 training frame nearest to what it sees. ALT does that explicitly:
 
-  encoder  a small contrastive image encoder (NT-Xent between two augmented views of a
-           frame: colour jitter, random resized crop, proprioception noise), run at low
-           resolution, giving an L2-normalised embedding of the current frame
+  encoder  a small contrastive encoder of the cameras and proprioception (NT-Xent between two
+           augmented views of a frame: colour jitter, random resized crop, proprioception
+           noise; with action_temperature > 0 its soft form, whose positives are the frames
+           calling for similar future action chunks), run at low resolution, giving an
+           L2-normalised embedding of the current frame
   table    the embedding of every training frame and its future action sequence (padded
            with the episode's last action), in a faiss index inside the model directory
-  act()    the action chunk of the nearest training frame
+  act()    the action chunk of the nearest training frame, or the k nearest ones' blended by
+           similarity (lookup_k); optionally relative: the chunk's joint targets applied from
+           the current joints (relative_to)
   OOD      score = 1 - cosine similarity to that nearest frame; flagged above a threshold
            calibrated as a quantile of the scores of held-out in-distribution episodes
 
