@@ -25,14 +25,18 @@ proprioception (joint_pos, gripper) and by proprioception plus the simulator's c
 lookup, the table chunk nearest the demonstration's own (`best_chunk_in_table`). With
 `--state-lookup-episodes N`, the privileged state lookup (`StateLookup`: target and cube
 position plus joints, k = 1 or 8, absolute or relative) is rolled out on the first N evaluation
-seeds: what a lookup of recorded chunks does in closed loop when it knows the state. With `--eval` reports of
+seeds: what a lookup of recorded chunks does in closed loop when it knows the state; with
+`--coverage-dataset` (a larger demonstration set) the same over its first 180 and 900 episodes.
+With `--eval` reports of
 `fastdp eval` (same order as --models), closed-loop success is put beside each model.
 
     python scripts/alt_probe.py --dataset data/push --models runs/push_alt_v1 runs/push_alt_aw \
         runs/push_alt_aw2_k1_none models/push_alt runs/push_alt_aw2_k1_joint_pos \
         --eval bench/eval/push_alt.json bench/eval/push_alt_aw_t0.01.json bench/eval/push_alt_aw2_k1.json \
         bench/eval/push_alt_v2.json bench/eval/push_alt_aw2_relative.json \
-        --k 1 8 --lookup-temperature 0.05 --state-lookup-episodes 50 --out bench/alt_probe.json
+        --k 1 8 --lookup-temperature 0.05 --state-lookup-episodes 50 \
+        --coverage-dataset data/push_state1000 --out bench/alt_probe.json
+    # data/push_state1000: fastdp collect --task push --episodes 1000 --no-images --out data/push_state1000
 """
 
 from __future__ import annotations
@@ -150,6 +154,9 @@ def main(argv=None) -> int:
                     help="blend temperatures to compare for k > 1")
     ap.add_argument("--state-lookup-episodes", type=int, default=0,
                     help="also roll out the privileged state lookup (StateLookup) on this many evaluation seeds")
+    ap.add_argument("--coverage-dataset", default=None,
+                    help="a larger demonstration set of the task: the state lookup over its first N episodes")
+    ap.add_argument("--coverage-episodes", type=int, nargs="*", default=[180, 900], help="the N of --coverage-dataset")
     ap.add_argument("--out", required=True, help="JSON report")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -271,6 +278,19 @@ def main(argv=None) -> int:
                                                         "mean_return": result.mean_return,
                                                         "episodes": args.state_lookup_episodes}
             print("state lookup", name, report["state_lookup_closed_loop"][name])
+    if args.coverage_dataset:  # the same lookup with more demonstrations (e.g. `fastdp collect --no-images`)
+        from fastdp_ros.runtime.evaluate import evaluate_policy
+
+        more = ReplayBuffer.open(args.coverage_dataset)
+        report["state_lookup_coverage"] = {"dataset": args.coverage_dataset, "runs": {}}
+        for n in args.coverage_episodes:
+            for k in (1, 8):
+                result = evaluate_policy(StateLookup(more, range(min(n, more.n_episodes)), k, False), "push",
+                                         args.state_lookup_episodes or 50, show_progress=False)
+                name = f"{n} episodes,k={k},absolute"
+                report["state_lookup_coverage"]["runs"][name] = {"success_rate": result.success_rate,
+                                                                 "mean_return": result.mean_return}
+                print("state lookup", name, report["state_lookup_coverage"]["runs"][name])
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
     return 0

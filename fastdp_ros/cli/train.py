@@ -76,7 +76,13 @@ def add_parser(sub) -> None:
     a.add_argument("--action-temperature", type=float, default=0.0,
                    help="action-aware contrast: positives weighted by exp(-d / this), d the mean squared "
                         "difference of the frames' normalized future action chunks (0: instance discrimination only)")
-    a.add_argument("--crop-scale", type=lambda t: tuple(float(v) for v in t.split(",")), default=(0.8, 1.0),
+    def area_range(text: str) -> tuple[float, float]:
+        values = tuple(float(v) for v in text.split(","))
+        if len(values) != 2:
+            raise ValueError(text)
+        return values
+
+    a.add_argument("--crop-scale", type=area_range, default=(0.8, 1.0),
                    help="random resized crop of the positive views: area fraction LO,HI (near 1: the embedding "
                         "keeps where things are in the image)")
     a.add_argument("--lookup-k", type=int, default=1,
