@@ -96,8 +96,11 @@ def main(argv=None) -> int:
                                calibration.threshold)
     old = float(monitor.threshold)
     frames = np.concatenate(sequences)
+    from fastdp_ros.policies import model_hash
+
     report = {
         "threshold": calibration.threshold,
+        "monitor_model_hash": model_hash(args.monitor),  # a retrained monitor needs a new calibration
         "calibration": calibration.to_dict(),
         "rollouts": {"policy": str(args.policy), "task": args.task, "episodes": len(sequences),
                      "first_seed": args.seed, "successes": None if success is None else int(np.sum(success)),

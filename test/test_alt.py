@@ -6,6 +6,8 @@ import logging
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 pytest.importorskip("faiss")
 
@@ -16,12 +18,14 @@ from fastdp_ros.policies import load_policy  # noqa: E402
 from fastdp_ros.policies.alt import (  # noqa: E402
     ALTConfig,
     ALTPolicy,
+    action_positive_weights,
     colour_jitter,
     nt_xent,
     patch_mask,
     random_resized_crop,
     rotate_hue,
     shift_frames,
+    soft_nt_xent,
     train_alt,
     translate,
 )
@@ -81,6 +85,31 @@ def test_nt_xent_prefers_matching_views():
     assert nt_xent(z, z, 0.1) < nt_xent(z, other, 0.1)
 
 
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(2, 9), seed=st.integers(0, 2 ** 16), temperature=st.floats(0.05, 1.0))
+def test_soft_nt_xent_with_identity_weights_is_nt_xent(n, seed, temperature):
+    g = torch.Generator().manual_seed(seed)
+    z1 = torch.nn.functional.normalize(torch.randn(n, 5, generator=g), dim=1)
+    z2 = torch.nn.functional.normalize(torch.randn(n, 5, generator=g), dim=1)
+    torch.testing.assert_close(soft_nt_xent(z1, z2, torch.eye(n), temperature), nt_xent(z1, z2, temperature))
+
+
+def test_action_weights_pull_frames_with_like_chunks_together():
+    chunks = torch.tensor([[0.0, 0.0], [0.0, 0.1], [1.0, 1.0]])
+    w = action_positive_weights(chunks, 0.01, n_shifted=2)
+    assert w.shape == (5, 5)
+    torch.testing.assert_close(torch.diagonal(w), torch.ones(5))
+    assert w[0, 1] > 0.5 and w[0, 2] < 1e-6  # like chunks: a positive; unlike: none
+    torch.testing.assert_close(w[3:, :], torch.cat([torch.zeros(2, 3), torch.eye(2)], 1))  # shifted copies
+    torch.testing.assert_close(w[:3, 3:], torch.zeros(3, 2))
+    # frames 0 and 1 call for like chunks: the loss is lower when they embed together than apart
+    e = torch.eye(3)
+    together = torch.nn.functional.normalize(torch.stack([e[0], e[0] + 0.05 * e[1], e[2]]), dim=1)
+    apart = e
+    weights = action_positive_weights(chunks, 0.01)
+    assert soft_nt_xent(together, together, weights, 0.1) < soft_nt_xent(apart, apart, weights, 0.1)
+
+
 def test_augmentations_keep_shape_and_range():
     torch.manual_seed(0)
     x = torch.rand(5, 3, 16, 16)
@@ -135,6 +164,47 @@ def test_training_frame_returns_its_stored_chunk(model, one_torch_thread):
         np.testing.assert_array_equal(chunk, want)
         assert (policy.last_ood.episode, policy.last_ood.frame) == (episode, frame)
         assert policy.last_ood.score < 1e-2 and not policy.last_ood.flag
+
+
+def test_k_nearest_lookup_blends_chunks_by_similarity(model, one_torch_thread):
+    buf = ReplayBuffer.open(model["ds"])
+    policy = load_policy(model["out"])
+    obs = observation(buf, 4, 6)
+    single = policy.act(obs)
+    z = policy.encode(obs)
+    found = policy.index.search(z, 3)
+    policy.config.lookup_k = 3
+    blended = policy.act(obs)
+    w = np.exp((found.scores[0] - found.scores[0, 0]) / policy.config.lookup_temperature)
+    want = np.tensordot(w / w.sum(), policy.chunks(found.ids[0]), axes=1)
+    np.testing.assert_allclose(blended, want, rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(single, policy.chunks(found.ids[0, :1])[0])
+    assert policy.last_ood.frame == int(policy.index.table["frame"][found.ids[0, 0]])  # OOD: the nearest frame
+    chunks = policy.chunks(found.ids[0])
+    assert np.all(blended >= chunks.min(0) - 1e-6) and np.all(blended <= chunks.max(0) + 1e-6)  # a convex blend
+
+
+def test_alt_probe_measures_the_retrieved_chunks(model, tmp_path, one_torch_thread):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "alt_probe.py"
+    spec = importlib.util.spec_from_file_location("alt_probe", path)
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    out = tmp_path / "probe.json"
+    assert probe.main(["--dataset", str(model["ds"]), "--models", str(model["out"]), "--k", "1", "3",
+                       "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    entry = report["models"][str(model["out"])]
+    assert entry["holdout_frames"] == T and set(entry["by_k"]) == {"k=1", "k=3,t=0.01", "k=3,t=0.05"}
+    assert entry["by_k"]["k=1"] == entry["retrieved"]  # the model's own lookup is k = 1
+    for errors in (entry["retrieved"], *report["baselines"].values()):
+        assert errors["error_rest"] is None  # episodes of 12 frames: all within the first 16
+        assert all(np.isfinite(v) and v >= 0 for k, v in errors.items() if k not in ("keys", "error_rest"))
+    # no cube state in this dataset: the baselines by joints only, and the floor of any table chunk
+    assert set(report["baselines"]) == {"proprio", "proprio_relative", "best_chunk_in_table"}
+    assert report["baselines"]["best_chunk_in_table"]["error"] <= entry["retrieved"]["error"] + 1e-6
 
 
 def test_ood_flag_fires_on_an_unrelated_image(model, one_torch_thread):
@@ -193,6 +263,44 @@ def test_too_few_episodes_and_bad_options(tmp_path, caplog):
         ALTConfig(holdout_ratio=0.0)
     with caplog.at_level(logging.ERROR, logger="fastdp"):
         assert main(["eval", str(tmp_path / "missing")]) == 2
+
+
+def test_action_aware_training_and_relative_lookup(tmp_path, one_torch_thread):
+    """--action-temperature trains on the chunks; --relative-lookup moves the retrieved chunk's
+    joint targets to start from the current joints, eagerly and through ONNX Runtime alike."""
+    ds = make_dataset(tmp_path / "ds")
+    out = tmp_path / "alt"
+    assert main(["train", "--policy", "alt", "--dataset", str(ds), "--out", str(out), "--steps", "20",
+                 "--batch-size", "16", "--lr", "3e-3", "--warmup-steps", "2", "--action-temperature", "0.01",
+                 "--lookup-k", "4", "--lookup-temperature", "0.05", "--relative-lookup", *ARGS]) == 0
+    cfg = json.loads((out / "config.json").read_text())["policy"]
+    assert (cfg["action_temperature"], cfg["lookup_k"], cfg["lookup_temperature"], cfg["relative_to"]) == (
+        0.01, 4, 0.05, "joint_pos")
+    buf = ReplayBuffer.open(ds)
+    policy = load_policy(out)
+    obs = observation(buf, 1, 4)
+    chunk = policy.act(obs)
+    assert chunk.shape == (8, 8) and np.all(np.isfinite(chunk))
+    z = policy.encode(obs)
+    delta = np.linspace(-0.05, 0.05, 7, dtype=np.float32)
+    moved = policy.chunk_for(z, obs["joint_pos"][-1] + delta)
+    np.testing.assert_allclose(moved[:, :7], chunk[:, :7] + delta, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(moved[:, 7], chunk[:, 7])  # the gripper stays absolute
+    # one nearest frame: a training frame gets its own chunk back (its joints are its base)
+    policy.config.lookup_k = 1
+    table_episode = json.loads((out / "config.json").read_text())["table"]["episodes"][0]
+    want = buf.get_episode(table_episode, ["action"])["action"][np.clip(np.arange(4, 12), 0, T - 1)]
+    np.testing.assert_allclose(policy.act(observation(buf, table_episode, 5)), want, rtol=0, atol=1e-6)
+    pytest.importorskip("onnxruntime")
+    from fastdp_ros.engines import load_engine_policy
+
+    engine = load_engine_policy(out, "onnxruntime", cache_dir=tmp_path / "engines", threads=1)
+    np.testing.assert_allclose(engine.act(obs), load_policy(out).act(obs), rtol=0, atol=1e-5)
+    with pytest.raises(ConfigError, match="lookup_k"):
+        ALTConfig(lookup_k=0)
+    with pytest.raises(ConfigError, match="relative lookup"):
+        train_alt(str(ds), str(tmp_path / "m"), ALTConfig(relative_to="joint_pos"), TrainSettings(steps=1),
+                  image_keys=("img_front",), lowdim_keys=("gripper",))
 
 
 def test_alt_trains_and_acts_without_cameras(tmp_path, one_torch_thread):

@@ -49,3 +49,20 @@ def test_calibration_refuses_too_little_or_broken_data():
         calibrate_false_stops([np.zeros(20)], 1, 0.1, 1.0)
     with pytest.raises(ConfigError, match="NaN"):
         calibrate_false_stops([np.r_[np.zeros(200), np.nan]], 1, 0.1, 1.0)
+
+
+def test_a_calibration_made_for_other_weights_is_refused(tmp_path):
+    import json
+
+    from fastdp_ros.policies import model_hash
+    from fastdp_ros.runtime.ood import CALIBRATION_FILE, calibrated_threshold
+    from test_engines import make_model
+
+    model = make_model(tmp_path / "monitor")
+    report = {"threshold": 0.4, "calibration": {"target_per_hour": 0.1}, "monitor_model_hash": model_hash(model)}
+    (model / CALIBRATION_FILE).write_text(json.dumps(report))
+    assert calibrated_threshold(model)[0] == 0.4
+    report["monitor_model_hash"] = "0123456789abcdef"
+    (model / CALIBRATION_FILE).write_text(json.dumps(report))
+    with pytest.raises(ConfigError, match="calibrated for other weights.*re-run scripts/calibrate_ood.py"):
+        calibrated_threshold(model)

@@ -95,6 +95,25 @@ def add_parser(sub) -> None:
     a.add_argument("--alt-image-size", type=int, default=48, help="longer image side the encoder sees")
     a.add_argument("--embed-dim", type=int, default=24, help="embedding size")
     a.add_argument("--temperature", type=float, default=0.1, help="NT-Xent temperature")
+    a.add_argument("--action-temperature", type=float, default=0.0,
+                   help="action-aware contrast: positives weighted by exp(-d / this), d the mean squared "
+                        "difference of the frames' normalized future action chunks (0: instance discrimination only)")
+    def area_range(text: str) -> tuple[float, float]:
+        values = tuple(float(v) for v in text.split(","))
+        if len(values) != 2:
+            raise ValueError(text)
+        return values
+
+    a.add_argument("--crop-scale", type=area_range, default=(0.8, 1.0),
+                   help="random resized crop of the positive views: area fraction LO,HI (near 1: the embedding "
+                        "keeps where things are in the image)")
+    a.add_argument("--lookup-k", type=int, default=1,
+                   help="act on the k nearest frames' chunks blended by similarity (1: the nearest frame's chunk)")
+    a.add_argument("--lookup-temperature", type=float, default=0.02,
+                   help="blend weights softmax(cosine similarity / this) for --lookup-k > 1")
+    a.add_argument("--relative-lookup", action="store_true",
+                   help="apply the retrieved chunk's arm targets as offsets from the current joint_pos "
+                        "(as they were from the retrieved frame's); needs joint_pos among --lowdim-keys")
     a.add_argument("--holdout-ratio", type=float, default=0.1,
                    help="episodes held out of the table to calibrate the OOD threshold")
     a.add_argument("--ood-quantile", type=float, default=0.99,
@@ -151,7 +170,9 @@ def run_alt(args) -> int:
     from fastdp_ros.policies.training import TrainSettings
 
     config = ALTConfig(image_size=args.alt_image_size, embed_dim=args.embed_dim, temperature=args.temperature,
-                       holdout_ratio=args.holdout_ratio, ood_quantile=args.ood_quantile,
+                       action_temperature=args.action_temperature, crop_scale=args.crop_scale, lookup_k=args.lookup_k,
+                       lookup_temperature=args.lookup_temperature,
+                       relative_to="joint_pos" if args.relative_lookup else "", holdout_ratio=args.holdout_ratio, ood_quantile=args.ood_quantile,
                        index_encoding=args.index_encoding)
     settings = TrainSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=warmup_steps(args),
                              val_every=args.val_every, ckpt_every=args.ckpt_every, seed=args.seed,

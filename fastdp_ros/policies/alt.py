@@ -3,12 +3,16 @@
 A Diffusion Policy trained on few demonstrations mostly recalls the action sequence of the
 training frame nearest to what it sees. ALT does that explicitly:
 
-  encoder  a small contrastive image encoder (NT-Xent between two augmented views of a
-           frame: colour jitter, random resized crop, proprioception noise), run at low
-           resolution, giving an L2-normalised embedding of the current frame
+  encoder  a small contrastive encoder of the cameras and proprioception (NT-Xent between two
+           augmented views of a frame: colour jitter, random resized crop, proprioception
+           noise; with action_temperature > 0 its soft form, whose positives are the frames
+           calling for similar future action chunks), run at low resolution, giving an
+           L2-normalised embedding of the current frame
   table    the embedding of every training frame and its future action sequence (padded
            with the episode's last action), in a faiss index inside the model directory
-  act()    the action chunk of the nearest training frame
+  act()    the action chunk of the nearest training frame, or the k nearest ones' blended by
+           similarity (lookup_k); optionally relative: the chunk's joint targets applied from
+           the current joints (relative_to)
   OOD      score = 1 - cosine similarity to that nearest frame; flagged above a threshold
            calibrated as a quantile of the scores of held-out in-distribution episodes
 
@@ -53,6 +57,7 @@ from fastdp_ros.retrieval.ood import LOWDIM_PERTURBATIONS, PERTURBATIONS
 log = logging.getLogger(__name__)
 
 OOD_REPORT_FILE = "ood_eval.json"
+RELATIVE_BASE = "relative_base"  # the table column of each row's value of the relative lookup's key
 
 
 @dataclass
@@ -87,6 +92,22 @@ class ALTConfig:
     negative_hue: tuple[float, float] = (0.15, 0.5)  # hue turn, fraction of a full turn (either way)
     negative_translation: tuple[float, float] = (0.15, 0.3)  # image shift, fraction of its size
     negative_patch_area: tuple[float, float] = (0.01, 0.05)  # recoloured patch, fraction of the image
+    # action-aware contrast (soft InfoNCE, as CLASS, Lee et al. 2025): a frame's positives are the
+    # frames of the batch (both views) weighted by softmax(-d / action_temperature), d the mean
+    # squared difference of their normalized future action chunks (the frame's own other view has
+    # d = 0). Instance discrimination alone spreads frames by appearance; this places frames that
+    # call for similar chunks near each other, which is what the lookup needs. Shifted copies keep
+    # their own view as the only positive, so the OOD score stays sensitive to them. 0: off.
+    action_temperature: float = 0.0
+    # lookup: the chunks of the k nearest frames blended with weights softmax(cosine / temperature)
+    # (k = 1: the nearest frame's chunk, as the paper)
+    lookup_k: int = 1
+    lookup_temperature: float = 0.02
+    # relative lookup: the chunk's first dims (the arm's joint targets) are applied as offsets from
+    # this low-dim key's current value, as they were from the retrieved frame's ("": absolute
+    # targets, as recorded). Without it, a chunk retrieved from a frame where the arm stood a
+    # little elsewhere sends the arm there first.
+    relative_to: str = ""
     # table and OOD calibration
     holdout_ratio: float = 0.1  # episodes held out of the table to calibrate the OOD threshold
     ood_quantile: float = 0.99  # threshold = this quantile of held-out in-distribution scores
@@ -112,6 +133,9 @@ class ALTConfig:
             raise ConfigError(f"invalid negative_hue {self.negative_hue} (within [0, 0.5]), negative_translation "
                               f"{self.negative_translation} (within [0, 1)) or negative_patch_area "
                               f"{self.negative_patch_area} (within (0, 1])")
+        if self.action_temperature < 0 or self.lookup_k < 1 or self.lookup_temperature <= 0:
+            raise ConfigError(f"need action_temperature >= 0 (0: off), lookup_k >= 1 and lookup_temperature > 0, got "
+                              f"{self.action_temperature}, {self.lookup_k}, {self.lookup_temperature}")
         if not 0.0 < self.holdout_ratio < 1.0:
             raise ConfigError(f"holdout_ratio must be in (0, 1): ALT calibrates its OOD threshold on held-out "
                               f"episodes; got {self.holdout_ratio}")
@@ -218,27 +242,40 @@ class ALTEncoder(nn.Module):
     # training ----------------------------------------------------------------------------------
 
     def forward(self, batch: dict) -> torch.Tensor:
-        """NT-Xent loss of a batch of prepared frames {"images": {key: (B, 3, h, w)}, "lowdim": (B, D)}
-        (with shifted negatives: of the batch plus its shifted copies, each copy an instance)."""
+        """Contrastive loss of a batch of prepared frames {"images": {key: (B, 3, h, w)}, "lowdim": (B, D),
+        "chunk": (B, horizon * action_dim) normalized future actions (with action_temperature > 0)}:
+        NT-Xent, or its soft form with action-weighted positives; with shifted negatives, of the
+        batch plus its shifted copies, each copy an instance of its own."""
         images, lowdim = batch["images"], batch.get("lowdim")
+        b = (next(iter(images.values())) if images else lowdim).shape[0]
+        n_shifted = 0
         if self.config.shifted_negatives and self.image_keys:  # shifts of images: nothing to shift without cameras
             shifted = shift_frames(images, self.config)
             images = {k: torch.cat([images[k].float(), shifted[k]]) for k in images}
             lowdim = None if lowdim is None else torch.cat([lowdim, lowdim])
+            n_shifted = b
         views = [augment(images, lowdim, self.config) for _ in range(2)]
         z1, z2 = (self.embed_prepared(*v) for v in views)
-        return nt_xent(z1, z2, self.config.temperature)
+        if self.config.action_temperature <= 0:
+            return nt_xent(z1, z2, self.config.temperature)
+        return soft_nt_xent(z1, z2, action_positive_weights(batch["chunk"], self.config.action_temperature, n_shifted),
+                            self.config.temperature)
 
 
 class _EmbedModule(nn.Module):
-    """forward(obs dict) -> embedding, the module form of ALTEncoder.embed for export."""
+    """forward(obs dict) -> embedding, the module form of ALTEncoder.embed for export; with a
+    relative lookup, followed by the current value of its low-dim key (what the chunk is added to)."""
 
-    def __init__(self, encoder: ALTEncoder):
+    def __init__(self, encoder: ALTEncoder, relative_to: str = ""):
         super().__init__()
-        self.encoder = encoder
+        self.encoder, self.relative_to = encoder, relative_to
 
     def forward(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.encoder.embed(obs)
+        z = self.encoder.embed(obs)
+        if not self.relative_to:
+            return z
+        current = obs[self.relative_to][:, -1]
+        return torch.cat([z, current.reshape(current.shape[0], -1).to(z.dtype)], dim=1)
 
 
 class CameraEncoder(nn.Module):
@@ -271,6 +308,31 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Ten
     logits = logits.masked_fill(torch.eye(2 * b, dtype=torch.bool, device=z.device), float("-inf"))
     targets = torch.cat([torch.arange(b, 2 * b), torch.arange(0, b)]).to(z.device)
     return F.cross_entropy(logits, targets)
+
+
+def action_positive_weights(chunks: torch.Tensor, temperature: float, n_shifted: int = 0) -> torch.Tensor:
+    """(n, n) positive weights of n = B + n_shifted instances: among the B frames with chunks
+    (B, horizon * action_dim), w_ij = exp(-mean((c_i - c_j)^2) / temperature); a shifted copy's
+    only positive is itself (its partner view), and it is no positive of any frame."""
+    c = chunks.float()
+    d = torch.cdist(c, c).pow(2) / c.shape[1]
+    w = torch.exp(-d / temperature)
+    if n_shifted:
+        w = torch.block_diag(w, torch.eye(n_shifted, dtype=w.dtype, device=w.device))
+    return w
+
+
+def soft_nt_xent(z1: torch.Tensor, z2: torch.Tensor, weights: torch.Tensor, temperature: float) -> torch.Tensor:
+    """NT-Xent with soft targets: instance i's view picks among the other 2n - 1 views, the target
+    distribution spreading over every view of instance j in proportion to weights[i, j] (the
+    anchor's own view excluded). weights = identity is NT-Xent."""
+    n = z1.shape[0]
+    z = torch.cat([z1, z2], dim=0)
+    eye = torch.eye(2 * n, dtype=torch.bool, device=z.device)
+    logits = (z @ z.T / temperature).masked_fill(eye, float("-inf"))
+    target = weights.repeat(2, 2).masked_fill(eye, 0.0)
+    target = target / target.sum(dim=1, keepdim=True)
+    return -(target * F.log_softmax(logits, dim=1).masked_fill(eye, 0.0)).sum(dim=1).mean()
 
 
 # --- augmentation (batched, plain torch) ---------------------------------------------------------
@@ -407,6 +469,13 @@ class ALTPolicy(Policy):
         self.encoder = encoder.to(self.device).eval()
         self.index = index
         self.chunks = ActionChunks(index.table, spec.n_obs_steps, spec.horizon)
+        self.relative_base = None
+        if config.relative_to:
+            if config.relative_to not in spec.lowdim_dims or RELATIVE_BASE not in index.table:
+                raise ModelFileError(f"ALT's relative lookup needs the low-dim input {config.relative_to!r} and the "
+                                     f"table's {RELATIVE_BASE!r} column; the model has inputs "
+                                     f"{sorted(spec.lowdim_dims)} and columns {sorted(index.table)}")
+            self.relative_base = np.asarray(index.table[RELATIVE_BASE], np.float32)
         self.threshold = float(threshold)
         #: the OOD verdict of the last act() / ood() call
         self.last_ood: OODResult | None = None
@@ -441,32 +510,62 @@ class ALTPolicy(Policy):
     def _encode(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         return self.encoder.embed(self._tensors(obs))[0].cpu().numpy()
 
-    def _lookup(self, obs: dict[str, np.ndarray]) -> int:
+    def _lookup(self, obs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         return self._lookup_embedding(self._encode(obs))
 
-    def _lookup_embedding(self, embedding: np.ndarray) -> int:
-        found = self.index.search(embedding, 1)
-        row = int(found.ids[0, 0])
-        score = 1.0 - float(found.scores[0, 0])
+    def _current(self, obs: dict[str, np.ndarray]) -> np.ndarray | None:
+        """The current value of the relative lookup's key (None for absolute chunks)."""
+        if not self.config.relative_to:
+            return None
+        return np.asarray(obs[self.config.relative_to][-1], np.float32).reshape(-1)
+
+    def _lookup_embedding(self, embedding: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """The k nearest rows and their cosine similarities (best first); the OOD verdict is the nearest's."""
+        found = self.index.search(embedding, k)
+        ids, sims = found.ids[0], found.scores[0]
+        keep = ids >= 0  # faiss pads with -1 when the table has fewer than k rows
+        ids, sims = ids[keep], sims[keep]
+        row = int(ids[0])
+        score = 1.0 - float(sims[0])
         self.last_ood = OODResult(score=score, flag=score > self.threshold, threshold=self.threshold,
                                   episode=int(self.index.table["episode"][row]),
                                   frame=int(self.index.table["frame"][row]))
-        return row
+        return ids, sims
+
+    def _chunk(self, ids: np.ndarray, sims: np.ndarray, current: np.ndarray | None = None) -> np.ndarray:
+        """The nearest row's chunk, or the k rows' chunks blended by softmax(similarity / lookup_temperature);
+        with a relative lookup, each chunk's first dims moved by current - its row's base."""
+        chunks = self.chunks(ids)
+        if current is not None:
+            d = len(current)
+            chunks[..., :d] += (current[None] - self.relative_base[ids])[:, None, :]
+        if len(ids) == 1:
+            return chunks[0]
+        w = np.exp((sims - sims[0]) / self.config.lookup_temperature)
+        return np.tensordot(w / w.sum(), chunks, axes=1).astype(np.float32)
+
+    def chunk_for(self, embedding: np.ndarray, current: np.ndarray | None = None) -> np.ndarray:
+        """The action chunk of an embedding (and, for a relative lookup, the current value of its key)."""
+        return self._chunk(*self._lookup_embedding(embedding, self.config.lookup_k), current)
 
     def _act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
-        return self.chunks([self._lookup(obs)])[0]
+        return self.chunk_for(self._encode(obs), self._current(obs))
 
-    def _act_from_embedding(self, embedding: np.ndarray) -> np.ndarray:
-        return self.chunks([self._lookup_embedding(embedding)])[0]
+    def _act_from_graph(self, out: np.ndarray) -> np.ndarray:
+        """act() from the export graph's output: the embedding (then the relative key's current value)."""
+        out = np.asarray(out, np.float32).reshape(-1)
+        dim = self.config.embed_dim
+        return self.chunk_for(out[:dim], out[dim:] if self.config.relative_to else None)
 
     def export_graph(self) -> ExportGraph:
         """The encoder as the graph (raw observation -> embedding); the table lookup, which
         faiss does, finishes act() outside it and keeps the OOD verdict in last_ood."""
-        graph = flat_export_graph(_EmbedModule(self.encoder), self.spec, {},
-                                  {"policy": "alt", "embed_dim": self.config.embed_dim}, device=self.device,
-                                  lowdim_affine=self.encoder.affine_per_key())
-        graph.output_name = "embedding"
-        graph.finish = self._act_from_embedding
+        relative = self.config.relative_to
+        graph = flat_export_graph(_EmbedModule(self.encoder, relative), self.spec, {},
+                                  {"policy": "alt", "embed_dim": self.config.embed_dim, "relative_to": relative},
+                                  device=self.device, lowdim_affine=self.encoder.affine_per_key())
+        graph.output_name = f"embedding+{relative}" if relative else "embedding"
+        graph.finish = self._act_from_graph
         return graph
 
     def ood(self, obs: dict) -> OODResult:
@@ -511,10 +610,11 @@ def build_encoder_from_files(files) -> tuple[PolicySpec, ALTConfig, ALTEncoder]:
 
 
 class FrameDataset(torch.utils.data.Dataset):
-    """Prepared frames for contrastive training: {"images": {key: (3, h, w)}, "lowdim": (D,)}."""
+    """Prepared frames for contrastive training: {"images": {key: (3, h, w)}, "lowdim": (D,),
+    "chunk": (horizon * action_dim,) normalized future actions}."""
 
-    def __init__(self, images: dict[str, torch.Tensor], lowdim: torch.Tensor | None):
-        self.images, self.lowdim = images, lowdim
+    def __init__(self, images: dict[str, torch.Tensor], lowdim: torch.Tensor | None, chunks: torch.Tensor | None = None):
+        self.images, self.lowdim, self.chunks = images, lowdim, chunks
         first = next(iter(images.values())) if images else lowdim
         self.n = len(first)
 
@@ -525,16 +625,35 @@ class FrameDataset(torch.utils.data.Dataset):
         item = {"images": {k: v[i] for k, v in self.images.items()}}
         if self.lowdim is not None:
             item["lowdim"] = self.lowdim[i]
+        if self.chunks is not None:
+            item["chunk"] = self.chunks[i]
         return item
 
 
+def normalized_chunks(actions: np.ndarray, spec: PolicySpec, scale: np.ndarray, offset: np.ndarray) -> np.ndarray:
+    """(L, horizon * action_dim) chunks of every frame of one episode's (L, action_dim) actions, as
+    the table's lookup returns them, each dimension mapped by x * scale + offset."""
+    n = len(actions)
+    table = {"episode": np.zeros(n, np.int32), "frame": np.arange(n, dtype=np.int32), "action": actions}
+    chunks = ActionChunks(table, spec.n_obs_steps, spec.horizon)(np.arange(n)) * scale + offset
+    return chunks.reshape(n, -1).astype(np.float32)
+
+
 @torch.no_grad()
-def load_frames(buffer, episodes, encoder: ALTEncoder) -> FrameDataset:
-    """Every frame of `episodes`, prepared at the encoder's resolution (images kept as float16)."""
+def load_frames(buffer, episodes, encoder: ALTEncoder, action_affine: tuple[np.ndarray, np.ndarray] | None = None
+                ) -> FrameDataset:
+    """Every frame of `episodes`, prepared at the encoder's resolution (images kept as float16),
+    with its normalized action chunk when `action_affine` (scale, offset) is given."""
     images: dict[str, list] = {k: [] for k in encoder.image_keys}
-    lowdim = []
+    lowdim, chunks = [], []
+    spec = encoder.spec
     for ep in episodes:
-        data = buffer.get_episode(int(ep), list(encoder.image_keys) + list(encoder.lowdim_keys))
+        keys = list(encoder.image_keys) + list(encoder.lowdim_keys)
+        data = buffer.get_episode(int(ep), keys + ([spec.action_key] if action_affine is not None else []))
+        if action_affine is not None:
+            actions = data.pop(spec.action_key)
+            chunks.append(normalized_chunks(actions.reshape(len(actions), -1).astype(np.float32), spec,
+                                            *action_affine))
         length = len(data[next(iter(data))])
         for start in range(0, length, 256):
             sl = slice(start, start + 256)
@@ -546,7 +665,8 @@ def load_frames(buffer, episodes, encoder: ALTEncoder) -> FrameDataset:
                 images[k].append(v.half())
             if low is not None:
                 lowdim.append(low)
-    return FrameDataset({k: torch.cat(v) for k, v in images.items()}, torch.cat(lowdim) if lowdim else None)
+    return FrameDataset({k: torch.cat(v) for k, v in images.items()}, torch.cat(lowdim) if lowdim else None,
+                        torch.from_numpy(np.concatenate(chunks)) if chunks else None)
 
 
 def lowdim_affine(buffer, spec: PolicySpec) -> tuple[np.ndarray, np.ndarray]:
@@ -559,6 +679,14 @@ def lowdim_affine(buffer, spec: PolicySpec) -> tuple[np.ndarray, np.ndarray]:
     pairs = [norm.scale_offset(k) for k in spec.lowdim_dims]
     return (np.concatenate([p[0].reshape(-1) for p in pairs]).astype(np.float32),
             np.concatenate([p[1].reshape(-1) for p in pairs]).astype(np.float32))
+
+
+def action_limits(buffer, spec: PolicySpec) -> tuple[np.ndarray, np.ndarray]:
+    """Scale and offset mapping each action dimension to [-1, 1] over the dataset."""
+    from fastdp_ros.data import Normalizer
+
+    scale, offset = Normalizer.fit(buffer, {spec.action_key: "limits"}).scale_offset(spec.action_key)
+    return (np.asarray(scale, np.float32).reshape(-1), np.asarray(offset, np.float32).reshape(-1))
 
 
 def train_alt(dataset: str, out: str, config: ALTConfig, settings, image_keys=("img_front", "img_wrist"),
@@ -577,6 +705,10 @@ def train_alt(dataset: str, out: str, config: ALTConfig, settings, image_keys=("
 
     buffer = ReplayBuffer.open(dataset)
     spec = make_spec_from_dataset(buffer, image_keys, lowdim_keys, horizon, n_obs_steps, n_action_steps)
+    if config.relative_to and not (config.relative_to in spec.lowdim_dims
+                                   and spec.lowdim_dims[config.relative_to] <= spec.action_dim):
+        raise ConfigError(f"ALT's relative lookup adds the chunk to the current {config.relative_to!r}, which must be "
+                          f"one of the low-dim inputs {sorted(spec.lowdim_dims)} with at most {spec.action_dim} values")
     episodes = demonstration_episodes(buffer)
     if max_episodes is not None:
         episodes = episodes[:max_episodes]
@@ -588,8 +720,9 @@ def train_alt(dataset: str, out: str, config: ALTConfig, settings, image_keys=("
     scale, offset = lowdim_affine(buffer, spec)
     torch.manual_seed(settings.seed)
     encoder = ALTEncoder(spec, config, scale, offset)
-    train_set = load_frames(buffer, train_eps, encoder)
-    val_set = load_frames(buffer, holdout_eps, encoder)
+    action_affine = action_limits(buffer, spec) if config.action_temperature > 0 else None
+    train_set = load_frames(buffer, train_eps, encoder, action_affine)
+    val_set = load_frames(buffer, holdout_eps, encoder, action_affine)
     log.info("ALT encoder: %.1fk parameters, input %s, %d training frames from %d episodes, %d held out",
              sum(p.numel() for p in encoder.parameters()) / 1e3, encoder.input_size, len(train_set),
              len(train_eps), len(holdout_eps))
@@ -638,6 +771,10 @@ def build_alt_table(model_dir: str | os.PathLike, buffer, table_episodes, holdou
     embed = dict(obs_keys=spec.obs_keys, action_key=spec.action_key, n_obs_steps=spec.n_obs_steps,
                  embed_batch=embed_batch, batch_size=batch_size, show_progress=show_progress)
     table_z, table = embed_demonstrations(buffer, table_episodes, **embed)
+    if config.relative_to:
+        table[RELATIVE_BASE] = np.concatenate([
+            np.asarray(buffer.get_episode(int(ep), [config.relative_to])[config.relative_to], np.float32)
+            .reshape(-1, spec.lowdim_dims[config.relative_to]) for ep in table_episodes])
     fingerprint = dataset_fingerprint(buffer)
     index_config = IndexConfig(metric="cosine", encoding=config.index_encoding)
     # the final weights are written first: the index records their hash

@@ -296,6 +296,16 @@ def calibrated_threshold(model_dir) -> tuple[float, str] | None:
                           f"or delete it") from None
     if not (math.isfinite(value) and value > 0):
         raise ConfigError(f"{path} has threshold {value}: re-run scripts/calibrate_ood.py")
+    calibrated_for = report.get("monitor_model_hash")
+    if calibrated_for is not None:
+        from fastdp_ros.policies import model_hash
+
+        if calibrated_for != model_hash(model_dir):
+            # a score's scale belongs to the weights that compute it: another encoder's threshold
+            # would stop the arm at random or never
+            raise ConfigError(f"{path} was calibrated for other weights of {Path(model_dir).name} (model hash "
+                              f"{calibrated_for}, these are {model_hash(model_dir)}): re-run "
+                              f"scripts/calibrate_ood.py --monitor {model_dir}")
     return value, f"{path.name}, {rate} false stops per hour"
 
 
