@@ -154,8 +154,8 @@ POLICY_PARAMETERS: tuple[ParamSpec, ...] = (
                                  "node runs to hot-swap (an invalid value is refused with the reason)", dynamic=True),
     *_model_params(),
     ParamSpec("backend", "torch", "inference backend: torch | torch_compile | onnxruntime | tensorrt"),
-    ParamSpec("inference_threads", 0, "intra-op threads for inference; 0: all cores but one (kept for the "
-                                      "control loop)"),
+    ParamSpec("inference_threads", 0, "intra-op threads for inference; 0: half the usable CPUs, 1 to 4 "
+                                      "(fastdp_ros.hardware.inference_threads, as the fastdp command)"),
     ParamSpec("control_rate", 60.0, "commands per second (Hz)"),
     ParamSpec("command_interface", "joint_trajectory", "joint_trajectory (joint_trajectory_controller) | "
                                                        "forward_command (forward_command_controller) | "

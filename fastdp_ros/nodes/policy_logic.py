@@ -30,7 +30,6 @@ from __future__ import annotations
 import collections
 import logging
 import math
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from typing import Any, Callable
 import numpy as np
 
 from fastdp_ros.errors import ConfigError, FastDPError
+from fastdp_ros.hardware import configure_threads
 from fastdp_ros.nodes import kinematics
 from fastdp_ros.nodes.catalog import ModelEntry, PolicyCatalog
 from fastdp_ros.ros_messages import FRANKA_ROBOT_MODES, DiagnosticEntry
@@ -146,11 +146,6 @@ class SwapOutcome:
     revert_to: str | None = None
 
 
-def default_threads() -> int:
-    """All cores but one: the control loop keeps a core (as `fastdp run`)."""
-    return max(1, (os.cpu_count() or 2) - 1)
-
-
 def preload_swap_dependencies() -> None:
     """Import now what a later hot swap may import for the first time: the policy modules and
     faiss (retrieval-based policies). A first import holds the GIL while it loads its shared
@@ -187,6 +182,7 @@ class PolicyLogic:
         self.intake: SensorIntake | None = None
         self.active = False
         self.started = False
+        self.threads: int | None = None  # set at configure; a swap loads with the same count
         self.active_value: str | None = None  # the `policy` value (name or path) now driving
         self.active_entry: ModelEntry | None = None
         self._pending: tuple[str, str, str] | None = None  # (value, path, previous value) of an accepted swap
@@ -209,8 +205,10 @@ class PolicyLogic:
         """Load the start-up model (`model_dir` if given, else the policy name's), warm it up,
         build the runner and the sensor intake. Returns a one-line description."""
         entry = self.catalog.resolve(model_dir or policy_value)
-        threads = self.config.inference_threads or default_threads()
-        _set_torch_threads(threads)
+        # the CLI's rule (fastdp_ros.hardware): half the usable CPUs, passive OpenMP waiting, so that
+        # inference does not collapse when the robot computer's other processes share the cores
+        threads = configure_threads(self.config.inference_threads or None, flag="inference_threads")
+        self.threads = threads
         t0 = time.perf_counter()
         preload_swap_dependencies()
         policy = self.load(str(entry.path), **self._options(entry, threads))
@@ -455,8 +453,7 @@ class PolicyLogic:
         if self.active_entry is not None and entry.path == self.active_entry.path and self._pending is None:
             self.active_value = entry.name
             return True, f"{entry.path} is already running"
-        threads = self.config.inference_threads or default_threads()
-        if not self.runner.request_swap(entry.path, **self._options(entry, threads)):
+        if not self.runner.request_swap(entry.path, **self._options(entry, self.threads)):
             job = self.runner.swap
             return False, f"a swap to {job.path if job else '?'} is still loading; try again when it is done"
         self._pending = (entry.name, str(entry.path), self.active_value)
@@ -562,7 +559,3 @@ def _fmt(v) -> str:
     return "-" if v is None else f"{v:.2f}"
 
 
-def _set_torch_threads(n: int) -> None:
-    import torch
-
-    torch.set_num_threads(int(n))
