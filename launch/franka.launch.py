@@ -77,7 +77,7 @@ def generate_launch_description():
                               description="joint_trajectory | forward_command | cartesian_pose"),
         DeclareLaunchArgument("use_monitor", default_value="true", description="start the OOD monitor node"),
         DeclareLaunchArgument("robot_type", default_value="fr3", description="fr3 | panda"),
-        DeclareLaunchArgument("monitor_policy", default_value="alt", description="the OOD monitor's encoder"),
+        DeclareLaunchArgument("monitor_policy", default_value="alt_ood", description="the OOD monitor's encoder"),
         DeclareLaunchArgument("robot_ip", default_value="", description="hostname or IP of the robot's FCI"),
         DeclareLaunchArgument("use_fake_hardware", default_value="false", description="franka_bringup fake hardware"),
         DeclareLaunchArgument("load_gripper", default_value="true", description="start the Franka Hand driver"),

@@ -41,7 +41,7 @@ def generate_launch_description():
                               description="node parameters (topics, joint names); default config/<robot_type>.yaml"),
         DeclareLaunchArgument("policies_file", default_value=_config("policies.yaml"),
                               description="policy names -> model directories"),
-        DeclareLaunchArgument("monitor_policy", default_value="alt",
+        DeclareLaunchArgument("monitor_policy", default_value="alt_ood",
                               description="the OOD monitor's encoder: a policy name or model directory"),
         DeclareLaunchArgument("use_sim_time", default_value="false", description="follow /clock"),
     ]

@@ -38,7 +38,7 @@ def generate_launch_description():
         DeclareLaunchArgument("use_monitor", default_value="true", description="start the OOD monitor node"),
         DeclareLaunchArgument("robot_type", default_value="panda",
                               description="the simulation models a Franka Panda; fr3 applies FR3 limits to it"),
-        DeclareLaunchArgument("monitor_policy", default_value="alt", description="the OOD monitor's encoder"),
+        DeclareLaunchArgument("monitor_policy", default_value="alt_ood", description="the OOD monitor's encoder"),
         DeclareLaunchArgument("task", default_value="push", description="reach | push | pick_place"),
         DeclareLaunchArgument("episodes", default_value="0", description="end after this many episodes; 0: run on"),
         DeclareLaunchArgument("publish_clock", default_value="false",

@@ -1,6 +1,6 @@
 """Calibrate the OOD monitor's threshold for false stops per hour of nominal operation.
 
-    python scripts/calibrate_ood.py --monitor models/push_alt --policy models/push_onedp --episodes 200
+    python scripts/calibrate_ood.py --monitor models/push_alt_ood --policy models/push_onedp --episodes 200
 
 The threshold the monitor model brings was a quantile of demonstration frames: about one frame
 in a hundred over it, so with the policy driving (its own frames differ from the expert's) the
@@ -60,7 +60,7 @@ def episode_scores(monitor, buffer) -> tuple[list[np.ndarray], dict]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--monitor", default=str(ROOT / "models" / "push_alt"), help="the monitor's model (ALT)")
+    ap.add_argument("--monitor", default=str(ROOT / "models" / "push_alt_ood"), help="the monitor's model (ALT)")
     ap.add_argument("--policy", default=str(ROOT / "models" / "push_onedp"), help="the policy that drives")
     ap.add_argument("--task", default="push")
     ap.add_argument("--episodes", type=int, default=200)

@@ -209,7 +209,7 @@ def test_shipped_policies_file_maps_every_policy_to_the_models_folder():
 
     root = Path(__file__).resolve().parents[1]
     catalog = PolicyCatalog.from_file(root / "config" / "policies.yaml")
-    assert catalog.names() == sorted(["dp", "onedp", "consistency", "ractd", "ragdp", "alt"])
+    assert catalog.names() == sorted(["dp", "onedp", "consistency", "ractd", "ragdp", "alt", "alt_ood"])
     for name in catalog.names():
         path, _ = catalog.policies[name]
         assert path.parent == (root / "models").resolve()

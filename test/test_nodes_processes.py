@@ -31,7 +31,7 @@ def test_ros_args_as_launch_ros_passes_them():
     policy = sim_launch_args("fastdp_policy", policy="onedp")
     assert policy[policy.index("--params-file") + 1].endswith("config/sim.yaml")
     assert "policy:=onedp" in policy and "control_rate:=60.0" in policy
-    assert "policy:=alt" in sim_launch_args("fastdp_ood_monitor")
+    assert "policy:=alt_ood" in sim_launch_args("fastdp_ood_monitor")
 
 
 def test_group_interrupt_reaches_every_process_and_end_escalates(tmp_path, monkeypatch):

@@ -28,7 +28,7 @@ from fastdp_ros.nodes.sim_logic import SIM_ARM_JOINTS, SIM_FINGER_JOINTS  # noqa
 FRONT, WRIST = "/camera/front/image_raw", "/camera/wrist/image_raw"
 START_TIMEOUT = 180.0  # seconds for a graph to start commanding on a loaded 2-core machine
 #: the tests' monitor threshold: above every frame of 200 closed-loop onedp rollouts (max 0.458,
-#: models/push_alt/ood_calibration.json), below the noise frames sent here (ALT scores 0.49-0.55);
+#: models/push_alt_ood/ood_calibration.json), below the noise frames sent here (ALT scores 0.49-0.55);
 #: the calibrated default (0.5575, for 0.1 false stops per hour) is what bench/ros_graph.py runs
 TEST_OOD_THRESHOLD = 0.47
 

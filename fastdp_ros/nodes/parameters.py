@@ -189,7 +189,7 @@ POLICY_PARAMETERS: tuple[ParamSpec, ...] = (
 
 MONITOR_PARAMETERS: tuple[ParamSpec, ...] = (
     *_robot_params(),
-    ParamSpec("policy", "alt", "the monitor's encoder: a policy name from policies_file or a model "
+    ParamSpec("policy", "alt_ood", "the monitor's encoder: a policy name from policies_file or a model "
                                "directory (an ALT model brings its own index and threshold)"),
     *_model_params(),
     ParamSpec("ood_dataset", "", "for a model without its own OOD index: the dataset it was trained on "

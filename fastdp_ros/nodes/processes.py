@@ -218,7 +218,7 @@ class NodeGroup:
 SIM_GRAPH = {"fastdp_sim": "sim_node", "fastdp_policy": "policy_node", "fastdp_ood_monitor": "ood_monitor_node"}
 
 
-def sim_launch_args(node: str, policy: str = "onedp", monitor_policy: str = "alt",
+def sim_launch_args(node: str, policy: str = "onedp", monitor_policy: str = "alt_ood",
                     overrides: dict | None = None) -> list[str]:
     """The arguments sim.launch.py gives `node` (a name in SIM_GRAPH) with its default launch
     arguments: config/sim.yaml, then the launch file's parameter overrides, then `overrides`."""
