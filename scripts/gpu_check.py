@@ -158,8 +158,8 @@ def engines(report: dict, out: Path, models: list[str], variants: list[tuple], d
             n = slow_calls if slow else calls
             log.info("%s / %s: %d calls", entry, label, n)
             t0 = time.perf_counter()
-            row = bench_one(path, backend, calls=n, warmup=min(warmup, 5) if slow else warmup, device=device,
-                            precision=precision, backend_options=options or None, **model_options)
+            (row,) = bench_one(path, backend, calls=n, warmup=min(warmup, 5) if slow else warmup, device=device,
+                               precision=precision, backend_options=options or None, **model_options)
             row.name = Path(path).name + (" (" + ", ".join(f"{k}={v}" for k, v in model_options.items()) + ")"
                                           if model_options else "")
             row.backend = label
