@@ -73,9 +73,9 @@ setup(
         "console_scripts": [
             "fastdp = fastdp_ros.cli.main:main",
             # ROS 2 executables: `ros2 run fastdp_ros <name>` (setup.cfg installs them in lib/fastdp_ros)
-            "policy_node = fastdp_ros.nodes.policy_node:main",
-            "ood_monitor_node = fastdp_ros.nodes.ood_monitor_node:main",
-            "sim_node = fastdp_ros.nodes.sim_node:main",
+            "policy_node = fastdp_ros.nodes.launcher:policy_node",
+            "ood_monitor_node = fastdp_ros.nodes.launcher:ood_monitor_node",
+            "sim_node = fastdp_ros.nodes.launcher:sim_node",
         ],
     },
 )

@@ -180,10 +180,17 @@ def test_setup_installs_launch_config_and_models():
 
 
 def test_console_scripts_point_at_node_mains():
+    """Each executable goes through nodes/launcher.py (signals handled before the heavy imports),
+    which runs the node module's main()."""
+    from fastdp_ros.nodes import launcher
+
     scripts = console_scripts()
+    launcher_source = (ROOT / "fastdp_ros" / "nodes" / "launcher.py").read_text()
     for name in ("policy_node", "ood_monitor_node", "sim_node"):
         module, func = scripts[name].split(":")
-        assert module == f"fastdp_ros.nodes.{name}" and func == "main"
+        assert module == "fastdp_ros.nodes.launcher" and func == name and callable(getattr(launcher, func))
+        assert f'_run("fastdp_ros.nodes.{name}")' in launcher_source
+        module = f"fastdp_ros.nodes.{name}"
         t = tree(ROOT / (module.replace(".", "/") + ".py"))
         main = next(n for n in t.body if isinstance(n, ast.FunctionDef) and n.name == "main")
         assert [a.arg for a in main.args.args] == ["args"] and ast.literal_eval(main.args.defaults[0]) is None
