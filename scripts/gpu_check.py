@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from fastdp_ros.engines.base import gpu_driver_version  # noqa: E402
-from fastdp_ros.engines.bench import bench_one, latency_summary, parse_model_entry  # noqa: E402
+from fastdp_ros.engines.bench import bench_one, host_info, latency_summary, parse_model_entry  # noqa: E402
 from fastdp_ros.engines.report import write_reports  # noqa: E402
 
 log = logging.getLogger("gpu_check")
@@ -138,9 +138,7 @@ def engines(report: dict, out: Path, models: list[str], variants: list[tuple], d
     section = report.get("engines")
     if not isinstance(section, dict) or "rows" not in section:
         section = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                   "host": {"fastdp_ros": _package_version(), "cpu": platform.processor(), "cpus": os.cpu_count(),
-                            "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-                            **({"gpu": torch.cuda.get_device_name(0)} if device.startswith("cuda") else {})},
+                   "host": host_info(device),
                    "calls": calls, "warmup": warmup, "rows_isolated": False,
                    "baseline": "each model's eager CUDA row", "target_hz": 60.0, "rows": [],
                    "command": report["command"]}
@@ -180,12 +178,6 @@ def engines(report: dict, out: Path, models: list[str], variants: list[tuple], d
             write_reports(section, out / "engines")
             save(report, out)
     return section
-
-
-def _package_version() -> str:
-    import fastdp_ros
-
-    return fastdp_ros.__version__
 
 
 # --- faiss -------------------------------------------------------------------------------------

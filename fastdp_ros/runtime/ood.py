@@ -300,11 +300,12 @@ def calibrated_threshold(model_dir) -> tuple[float, str] | None:
     if calibrated_for is not None:
         from fastdp_ros.policies import model_hash
 
-        if calibrated_for != model_hash(model_dir):
+        current = model_hash(model_dir)
+        if calibrated_for != current:
             # a score's scale belongs to the weights that compute it: another encoder's threshold
             # would stop the arm at random or never
             raise ConfigError(f"{path} was calibrated for other weights of {Path(model_dir).name} (model hash "
-                              f"{calibrated_for}, these are {model_hash(model_dir)}): re-run "
+                              f"{calibrated_for}, these are {current}): re-run "
                               f"scripts/calibrate_ood.py --monitor {model_dir}")
     return value, f"{path.name}, {rate} false stops per hour"
 
