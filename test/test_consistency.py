@@ -12,7 +12,7 @@ from fastdp_ros.errors import ConfigError, DatasetError
 from fastdp_ros.policies import load_policy
 from fastdp_ros.policies.consistency import ConsistencyConfig, ConsistencyDistillation, distill_consistency
 from fastdp_ros.policies.distill import load_teacher
-from fastdp_ros.policies.ractd import discounted_returns, distill_ractd
+from fastdp_ros.policies.ractd import RACTDConfig, discounted_returns, distill_ractd
 from fastdp_ros.policies.training import TrainSettings
 from test_dp import make_dataset, obs_of, train_tiny
 
@@ -104,10 +104,10 @@ def test_reward_term_moves_actions_toward_the_reward(edm_teacher, tmp_path):
     model_dir, dataset = edm_teacher
     plain, rewarded = tmp_path / "plain", tmp_path / "rewarded"
     torch.manual_seed(0)
-    distill_ractd(str(model_dir), str(dataset), str(plain), ConsistencyConfig(reward_weight=0.0, lr=1e-3),
+    distill_ractd(str(model_dir), str(dataset), str(plain), RACTDConfig(reward_weight=0.0, lr=1e-3),
                   settings(60), reward_model=PreferFirstJointUp())
     torch.manual_seed(0)
-    distill_ractd(str(model_dir), str(dataset), str(rewarded), ConsistencyConfig(reward_weight=5.0, lr=1e-3),
+    distill_ractd(str(model_dir), str(dataset), str(rewarded), RACTDConfig(reward_weight=5.0, lr=1e-3),
                   settings(60), reward_model=PreferFirstJointUp())
 
     def first_joint(path):
@@ -121,7 +121,7 @@ def test_reward_term_moves_actions_toward_the_reward(edm_teacher, tmp_path):
 def test_ractd_fits_a_reward_model_and_records_it(edm_teacher, tmp_path):
     model_dir, dataset = edm_teacher
     out = tmp_path / "ractd"
-    distill_ractd(str(model_dir), str(dataset), str(out), ConsistencyConfig(), settings(3), reward_steps=20)
+    distill_ractd(str(model_dir), str(dataset), str(out), RACTDConfig(), settings(3), reward_steps=20)
     prov = json.loads((out / "config.json").read_text())["provenance"]
     assert prov["reward_fit_steps"] == 20 and np.isfinite(prov["reward_fit_loss"])
     assert "reward_datasets" not in prov and prov["reward_discount"] == 0.0
@@ -138,24 +138,24 @@ def test_ractd_fits_its_reward_model_on_other_datasets(edm_teacher, tmp_path):
     model_dir, dataset = edm_teacher
     mixed, rollouts = make_dataset(tmp_path / "mixed"), make_dataset(tmp_path / "rollouts", n_episodes=2, seed=3)
     out = tmp_path / "ractd"
-    distill_ractd(str(model_dir), str(dataset), str(out), ConsistencyConfig(), settings(2), reward_steps=5,
+    distill_ractd(str(model_dir), str(dataset), str(out), RACTDConfig(), settings(2), reward_steps=5,
                   reward_datasets=[str(mixed), str(rollouts)], reward_discount=0.9)
     prov = json.loads((out / "config.json").read_text())["provenance"]
     assert prov["reward_datasets"] == [str(mixed.resolve()), str(rollouts.resolve())]
     assert prov["dataset"] == str(Path(dataset).resolve()) and prov["reward_discount"] == 0.9
     with pytest.raises(ConfigError, match="discount"):
-        distill_ractd(str(model_dir), str(dataset), str(tmp_path / "x"), ConsistencyConfig(), settings(1),
+        distill_ractd(str(model_dir), str(dataset), str(tmp_path / "x"), RACTDConfig(), settings(1),
                       reward_datasets=str(mixed), reward_discount=1.0)
     # a reward dataset without rewards, or with other observations, fails before any training
     for bad, match in ((make_dataset(tmp_path / "no_reward", rewards=False), "reward"),
                        (make_dataset(tmp_path / "lowdim", images=False), "img_front")):
         with pytest.raises(DatasetError, match=match):
-            distill_ractd(str(model_dir), str(dataset), str(tmp_path / "x"), ConsistencyConfig(), settings(1),
+            distill_ractd(str(model_dir), str(dataset), str(tmp_path / "x"), RACTDConfig(), settings(1),
                           reward_datasets=str(bad))
     # rewards recorded with and without the simulation's step cost do not mix
     costly = make_dataset(tmp_path / "costly", attrs={"step_cost": 1.0})
     with pytest.raises(DatasetError, match="step costs"):
-        distill_ractd(str(model_dir), str(dataset), str(tmp_path / "x"), ConsistencyConfig(), settings(1),
+        distill_ractd(str(model_dir), str(dataset), str(tmp_path / "x"), RACTDConfig(), settings(1),
                       reward_datasets=[str(mixed), str(costly)])
     assert not (tmp_path / "x").exists()
 
@@ -170,7 +170,7 @@ def test_bad_input_fails_before_training(edm_teacher, tmp_path):
         distill_consistency(str(model_dir), str(lowdim), str(tmp_path / "b"), ConsistencyConfig(), settings(1))
     no_reward = make_dataset(tmp_path / "no_reward", rewards=False)
     with pytest.raises(DatasetError, match="reward"):
-        distill_ractd(str(model_dir), str(no_reward), str(tmp_path / "c"), ConsistencyConfig(), settings(1))
+        distill_ractd(str(model_dir), str(no_reward), str(tmp_path / "c"), RACTDConfig(), settings(1))
     assert not any((tmp_path / d).exists() for d in "abc")
 
 

@@ -146,7 +146,8 @@ def test_train_help_shows_the_defaults(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for default in ("(default: 64)", "(default: 0.0001)", "(default: 500)", "--horizon HORIZON (default: 16)"):
+    for default in ("(default: 64)", "(default: 0.0001)", "(default: 500)", "--horizon HORIZON actions predicted per "
+                    "chunk (default: 16)"):
         assert default in text
 
 

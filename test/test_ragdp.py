@@ -203,4 +203,4 @@ def test_bad_datasets_are_clear_errors(models, tmp_path, caplog):
                      "--out", str(tmp_path / "d")]) == 2
         assert main(["index", "--policy", "ragdp", "--teacher", str(models["teacher"]),
                      "--out", str(models["teacher"])]) == 2
-    assert "ALT builds its table" in caplog.text and "teacher's own directory" in caplog.text
+    assert "(alt is made by `fastdp train`)" in caplog.text and "teacher's own directory" in caplog.text

@@ -23,10 +23,12 @@ TINY_PER_COMMAND = {("collect", "--episodes"): "3"}  # ALT's OOD calibration hol
 #: options added where the README leaves a size at its default
 TINY_EXTRA = {
     "collect": {"--image-size": "32"},
-    "train": {"--batch-size": "4", "--down-dims": "16,32"},
+    "train": {"--batch-size": "4"},
     "distill": {"--batch-size": "4"},
     "bench": {"--calls": "3", "--warmup": "1", "--in-process": None},  # None: a flag
 }
+#: the same for one policy of a command (its options are its own: `fastdp train --policy dp --help`)
+TINY_EXTRA_PER_POLICY = {("train", "dp"): {"--down-dims": "16,32"}}
 
 
 def bash_blocks(text: str) -> list[str]:
@@ -61,7 +63,9 @@ def tiny(argv: list[str]) -> list[str]:
     for i, token in enumerate(out[:-1]):
         if token in TINY:
             out[i + 1] = TINY_PER_COMMAND.get((command, token), TINY[token])
-    for flag, value in TINY_EXTRA.get(command, {}).items():
+    policy = out[out.index("--policy") + 1] if "--policy" in out[:-1] else None
+    extra = {**TINY_EXTRA.get(command, {}), **TINY_EXTRA_PER_POLICY.get((command, policy), {})}
+    for flag, value in extra.items():
         if flag not in out:
             out += [flag] if value is None else [flag, value]
     return out
@@ -75,8 +79,8 @@ def test_tiny_replaces_the_size_knobs():
 
 
 def test_inline_fastdp_commands_parse():
-    """`fastdp ...` quoted in the text and the tables: the flags exist (placeholders stay)."""
-    parser = build_parser()
+    """`fastdp ...` quoted in the text and the tables: the flags exist (placeholders stay). The
+    parser is built per command: a policy's options exist where the command names it."""
     quoted = re.findall(r"`(fastdp [^`]+)`", README.read_text())
     assert len(quoted) > 10
     for text in quoted:
@@ -87,7 +91,7 @@ def test_inline_fastdp_commands_parse():
         if len(argv) == 1:  # a command named in the text (`fastdp run`): it exists
             argv.append("--help")
         try:
-            parser.parse_args(argv)
+            build_parser(argv).parse_args(argv)
         except SystemExit as e:
             if e.code == 0:
                 continue
@@ -136,13 +140,13 @@ def test_readme_bash_blocks_run_with_tiny_sizes(workspace, monkeypatch):
     blocks = [command_lines(b) for b in bash_blocks(README.read_text())]
     lines = [line for block in blocks for line in block]
     assert any(line.startswith("bash scripts/main.sh") for line in lines)
-    parser = build_parser()
     skipped = []
     for block in blocks:
         for line in block:
             if needs_own_recordings(block):
                 if line.startswith("fastdp "):
-                    parser.parse_args(shlex.split(line, comments=True)[1:])  # exits 2 on a wrong flag
+                    argv = shlex.split(line, comments=True)[1:]
+                    build_parser(argv).parse_args(argv)  # exits 2 on a wrong flag
                 skipped.append(line)
                 continue
             try:

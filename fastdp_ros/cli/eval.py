@@ -30,6 +30,7 @@ def add_parser(sub) -> None:
     p.add_argument("--sampler", default=None, help="dp: ddpm | ddim | edm (default: the model's)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (ddim / edm)")
     p.add_argument("--n-action-steps", type=int, default=None, help="actions executed per chunk")
+    add_policy_option_argument(p)
     p.add_argument("--device", default="cpu")
     add_threads_argument(p)
     g = p.add_argument_group("your own environment (docs/dataset.md)")
@@ -41,6 +42,33 @@ def add_parser(sub) -> None:
     g.add_argument("--max-steps", type=int, default=None, help="end an episode after this many steps")
     g.add_argument("--stop-at-success", action="store_true", help="end an episode at its first success")
     p.set_defaults(run=run)
+
+
+def _option_value(text: str):
+    """'3' -> 3, '0.5' -> 0.5, 'true' -> True, anything else stays a string."""
+    for parse in (int, float):
+        try:
+            return parse(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False, "none": None}.get(text.lower(), text)
+
+
+def add_policy_option_argument(p) -> None:
+    p.add_argument("-o", "--option", action="append", default=None, metavar="KEY=VALUE",
+                   help="a run-time option of the policy's loader (a keyword of its from_model_dir), e.g. "
+                        "seed=3; repeatable")
+
+
+def policy_options(pairs: list[str] | None) -> dict:
+    """--option KEY=VALUE pairs as loader keyword arguments."""
+    options = {}
+    for pair in pairs or ():
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise ConfigError(f"--option takes KEY=VALUE (a loader option such as query_every=16), got {pair!r}")
+        options[key.strip()] = _option_value(value.strip())
+    return options
 
 
 def check_seed_overlap(model_config: dict, seed0: int, episodes: int) -> None:
@@ -61,7 +89,7 @@ def check_seed_overlap(model_config: dict, seed0: int, episodes: int) -> None:
 
 
 def load_rollout_policy(model: str, task: str | None = None, sampler: str | None = None, steps: int | None = None,
-                        device: str = "cpu"):
+                        device: str = "cpu", extra: dict | None = None):
     """(policy, its task, its config, the load options) of a model to roll out in the simulation."""
     from fastdp_ros.policies import load_policy, read_config
 
@@ -74,6 +102,7 @@ def load_rollout_policy(model: str, task: str | None = None, sampler: str | None
         options["sampler"] = sampler
     if steps is not None:
         options["steps"] = steps
+    options.update(extra or {})
     return load_policy(model, **options), task, config, options
 
 
@@ -88,7 +117,7 @@ def run(args) -> int:
     if args.env is None:  # the demonstration seeds are the simulation's; another env's seeds are its own
         check_seed_overlap(read_config(args.model), args.seed0, args.episodes)
     policy, task, config, options = load_rollout_policy(args.model, args.task or args.env, args.sampler, args.steps,
-                                                        args.device)
+                                                        args.device, policy_options(args.option))
     episode_end = {"max_steps": args.max_steps, "stop_at_success": args.stop_at_success}
     if args.env is None:
         report = evaluate_policy(policy, task, args.episodes, seed0=args.seed0, n_action_steps=args.n_action_steps,
@@ -111,6 +140,8 @@ def run(args) -> int:
     log.info("%s on %s: success %.1f%% (95%% CI %.1f-%.1f) over %d episodes, mean return %.2f, NFE %d, "
              "act() p50 %.1f ms p99 %.1f ms", args.model, task, 100 * report.success_rate, 100 * lo, 100 * hi,
              report.episodes, report.mean_return, report.nfe, lat.get("p50", np.nan), lat.get("p99", np.nan))
+    log.info("%.1f model queries per episode%s", report.queries_per_episode,
+             "".join(f", {k.replace('_', ' ')} {v}" for k, v in report.costs.items()))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(report.to_dict(), indent=2))

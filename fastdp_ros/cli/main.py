@@ -24,7 +24,9 @@ COMMANDS = ("fastdp_ros.cli.collect", "fastdp_ros.cli.importer", "fastdp_ros.cli
             "fastdp_ros.cli.run", "fastdp_ros.cli.index", "fastdp_ros.cli.export", "fastdp_ros.cli.bench")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The `fastdp` parser; `argv` (default: sys.argv[1:]) lets `train | distill | index` add the
+    flags of the policy it names (cli/policy_options.py)."""
     parser = argparse.ArgumentParser(
         prog="fastdp",
         description="Fast diffusion policies for closed-loop control of a Franka arm.",
@@ -32,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"fastdp_ros {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub.fastdp_argv = list(sys.argv[1:] if argv is None else argv)
     for name in COMMANDS:
         importlib.import_module(name).add_parser(sub)
     for command in sub.choices.values():
@@ -54,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         print("fastdp: PyTorch is not installed; install the CPU build with `pip install -r "
               "requirements-torch-cpu.txt` (or run scripts/setup_env.sh), or your CUDA build", file=sys.stderr)
         return 2
-    parser = build_parser()
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     configure_logging(logging.DEBUG if args.verbose else logging.INFO)
     try:

@@ -60,6 +60,7 @@ class BenchRow:
     device: str = ""
     nfe: int | None = None
     parameters: int | None = None
+    costs: dict = field(default_factory=dict)  # Policy.cost_report(): what besides NFE it costs
     calls: int = 0
     latency_ms: dict = field(default_factory=dict)
     replan_hz: float | None = None  # 1000 / p99: the rate met by 99% of calls
@@ -194,6 +195,7 @@ def bench_one(model_dir: str | os.PathLike, backend: str, calls: int = 200, warm
     row.policy_type, row.description = policy.policy_type, info.description
     row.precision, row.device = info.precision, info.device
     row.nfe, row.parameters = int(policy.nfe), policy.parameter_count
+    row.costs = dict(policy.cost_report())
     row.peak_rss_mb = peak_rss_mb()
     row.rss_increase_mb = None if rss0 is None else row.peak_rss_mb - rss0
     if on_gpu:

@@ -117,10 +117,25 @@ class EnginePolicy(Policy):
     def _act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         if self.runner is None:  # a policy without an export graph, run eagerly
             return self.base._act(obs)
+        return self.base.act_through(obs, self._run_graph)
+
+    def _run_graph(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         inputs = [obs[k][None] for k in self.graph.obs_keys]
         inputs += [torch.randn(shape, generator=self.generator).numpy() for shape in self.graph.noise_shapes.values()]
         out = self.runner(inputs)[0]
         return out if self.graph.finish is None else self.graph.finish(out)
+
+    def reset(self) -> None:
+        self.base.reset()
+
+    @property
+    def queries(self) -> int:
+        # the base counts its own queries when act() is more than one query (it overrides `queries`)
+        own = type(self.base).queries is not Policy.queries
+        return self.base.queries if own else self.act_calls
+
+    def cost_report(self) -> dict:
+        return self.base.cost_report()
 
 
 def load_engine_policy(model_dir: str | os.PathLike, backend: str = "torch", *, device: str = "cpu",

@@ -44,7 +44,9 @@ def markdown(report: dict) -> str:
     head = ["policy", "type", "backend", "NFE", "params", "p50 ms", "p90 ms", "p99 ms", "re-plan Hz",
             f"{report.get('target_hz', 60):g} Hz", "speedup", "peak RSS MB"]
     head += ["GPU MB"] if gpu else []
+    costs = any(r.get("costs") for r in report["rows"])
     head += ["parity max Δ", "load s"] + (["success"] if success else []) + (["load"] if loaded else [])
+    head += ["other costs"] if costs else []
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in report["rows"]:
         if r.get("error"):
@@ -60,6 +62,8 @@ def markdown(report: dict) -> str:
             cells += [_fmt(r["parity_max_abs_diff"], ".1e"), _fmt(r["load_seconds"], ".1f")]
             cells += [_fmt(r.get("success_rate"), ".0%")] if success else []
             cells += [str(r.get("load", 0))] if loaded else []
+            cells += [", ".join(f"{k.replace('_', ' ')} {v:g}" if isinstance(v, (int, float)) else f"{k} {v}"
+                                for k, v in (r.get("costs") or {}).items())] if costs else []
         lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
     if report.get("contention"):
         lines += ["", "p99 under load against the same row's quiet p99:", "",

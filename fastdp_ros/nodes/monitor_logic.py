@@ -68,14 +68,21 @@ def _build_monitor(entry: ModelEntry, params: dict, loader: Callable[..., Any] |
                    debounce: int) -> LatchedMonitor:
     if loader is None:
         from fastdp_ros.policies.base import load_policy as loader
+    from fastdp_ros.policies.base import policies_with, policy_entry
+
+    try:  # a policy that scores its own observations (ALT: distance to its table) needs no dataset
+        scores_itself = policy_entry(entry.policy_type).can("ood_score")
+    except ConfigError:  # not a registered type: the loader says what it is
+        scores_itself = False
     options = {"device": params["device"], **entry.options}
-    if entry.policy_type == "alt" and not params["ood_dataset"]:
+    if scores_itself and not params["ood_dataset"]:
         monitor = ModelScoreMonitor(loader(str(entry.path), **options), debounce=debounce, model_dir=entry.path)
-        monitor.kind = "alt"
+        monitor.kind = entry.policy_type
         return monitor
     if not params["ood_dataset"]:
+        scorers = ", ".join(e.name for e in policies_with(capability="ood_score"))
         raise ConfigError(f"{entry.path} is a {entry.policy_type!r} model without an OOD index of its own (only "
-                          f"ALT models have one): set ood_dataset to the dataset it was trained on")
+                          f"{scorers} models have one): set ood_dataset to the dataset it was trained on")
     from fastdp_ros.runtime.ood import monitor_from_dataset
 
     samples, quantile = int(params["ood_samples"]), float(params["ood_quantile"])

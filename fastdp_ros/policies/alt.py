@@ -30,6 +30,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -38,7 +39,8 @@ from torch import nn
 
 from fastdp_ros.errors import ConfigError, DatasetError, ModelFileError
 from fastdp_ros.nn import MLP, SmallCNN, SpatialSoftmaxPool
-from fastdp_ros.policies.base import ExportGraph, Policy, flat_export_graph, register_policy
+from fastdp_ros.policies.base import BuildRequest, ExportGraph, Policy, flat_export_graph, register_policy
+from fastdp_ros.policies.config import PolicyConfig, option
 from fastdp_ros.policies.modeldir import WEIGHTS_FILE, load_model_dir, load_state_into, save_model_dir
 from fastdp_ros.policies.spec import PolicySpec, check_observation
 from fastdp_ros.retrieval import (
@@ -61,57 +63,75 @@ RELATIVE_BASE = "relative_base"  # the table column of each row's value of the r
 
 
 @dataclass
-class ALTConfig:
-    """Encoder, augmentation and calibration options of ALT; saved into config.json."""
+class ALTConfig(PolicyConfig):
+    """Encoder, augmentation and calibration options of ALT: saved into config.json, the flags of
+    `fastdp train --policy alt` (e.g. --steps 600 --batch-size 256 --lr 1e-3 --lowdim-keys '')."""
+
+    label: ClassVar[str] = "ALT"
 
     # encoder
-    image_size: int = 48  # images are area-downsampled so that their longer side is at most this
-    channels: tuple[int, ...] = (16, 32, 32)
-    strides: tuple[int, ...] = (2, 2, 1)
-    num_keypoints: int = 16  # spatial-softmax keypoints per camera (where things are matters)
-    camera_features: int = 32
-    appearance_features: bool = True  # also the feature map's channel means (what things look like)
-    lowdim_features: int = 16
-    hidden_dim: int = 128
-    embed_dim: int = 24  # with float16 vectors the table of the 200-demo push set stays under 1 MB
+    image_size: int = option(48, flag="--alt-image-size", help="longer image side the encoder sees (images are "
+                                                               "area-downsampled to it)")
+    channels: tuple[int, ...] = option((16, 32, 32), help="encoder CNN channels")
+    strides: tuple[int, ...] = option((2, 2, 1), help="encoder CNN strides")
+    num_keypoints: int = option(16, help="spatial-softmax keypoints per camera (where things are matters)")
+    camera_features: int = option(32, help="features per camera")
+    appearance_features: bool = option(True, help="also the feature map's channel means (what things look like)")
+    lowdim_features: int = option(16, help="features of the low-dimensional inputs")
+    hidden_dim: int = option(128, help="width of the embedding head")
+    # with float16 vectors the table of the 200-demo push set stays under 1 MB
+    embed_dim: int = option(24, help="embedding size")
     # contrastive learning
-    temperature: float = 0.1
-    brightness: float = 0.2  # colour jitter: factors drawn from [1 - x, 1 + x]
-    contrast: float = 0.2
-    saturation: float = 0.2
-    hue: float = 0.03  # hue rotation, as a fraction of a full turn
-    crop_scale: tuple[float, float] = (0.8, 1.0)  # random resized crop: area fraction
-    crop_ratio: tuple[float, float] = (0.9, 1.1)  # and aspect ratio
-    proprio_noise: float = 0.02  # Gaussian noise on the normalised low-dim inputs
+    temperature: float = option(0.1, help="NT-Xent temperature")
+    brightness: float = option(0.2, help="colour jitter: brightness factors drawn from [1 - x, 1 + x]")
+    contrast: float = option(0.2, help="colour jitter: contrast factors drawn from [1 - x, 1 + x]")
+    saturation: float = option(0.2, help="colour jitter: saturation factors drawn from [1 - x, 1 + x]")
+    hue: float = option(0.03, help="colour jitter: hue rotation, as a fraction of a full turn")
+    crop_scale: tuple[float, float] = option((0.8, 1.0), help="random resized crop of the positive views: area "
+                                                              "fraction LO,HI (near 1: the embedding keeps where "
+                                                              "things are in the image)")
+    crop_ratio: tuple[float, float] = option((0.9, 1.1), help="random resized crop: aspect ratio LO,HI")
+    proprio_noise: float = option(0.02, help="Gaussian noise on the normalised low-dim inputs")
     # shifted negatives (CSI, Tack et al. 2020): a copy of each frame with a large hue turn (of the
     # whole image or of one small patch) or a camera translation joins the batch as a frame of its
     # own, a negative of the original. The positives above teach invariance to small changes;
     # these keep the embedding sensitive to the large ones an OOD monitor must see (an object of
     # another colour, a moved camera).
-    shifted_negatives: bool = True
-    negative_hue: tuple[float, float] = (0.15, 0.5)  # hue turn, fraction of a full turn (either way)
-    negative_translation: tuple[float, float] = (0.15, 0.3)  # image shift, fraction of its size
-    negative_patch_area: tuple[float, float] = (0.01, 0.05)  # recoloured patch, fraction of the image
+    shifted_negatives: bool = option(True, help="shifted copies of each frame join the batch as its negatives")
+    negative_hue: tuple[float, float] = option((0.15, 0.5), help="shifted negatives: hue turn LO,HI, fraction of a "
+                                                                 "full turn (either way)")
+    negative_translation: tuple[float, float] = option((0.15, 0.3), help="shifted negatives: image shift LO,HI, "
+                                                                         "fraction of its size")
+    negative_patch_area: tuple[float, float] = option((0.01, 0.05), help="shifted negatives: recoloured patch "
+                                                                         "LO,HI, fraction of the image")
     # action-aware contrast (soft InfoNCE, as CLASS, Lee et al. 2025): a frame's positives are the
     # frames of the batch (both views) weighted by softmax(-d / action_temperature), d the mean
     # squared difference of their normalized future action chunks (the frame's own other view has
     # d = 0). Instance discrimination alone spreads frames by appearance; this places frames that
     # call for similar chunks near each other, which is what the lookup needs. Shifted copies keep
     # their own view as the only positive, so the OOD score stays sensitive to them. 0: off.
-    action_temperature: float = 0.0
+    action_temperature: float = option(0.0, help="action-aware contrast: positives weighted by exp(-d / this), d the "
+                                                 "mean squared difference of the frames' normalized future action "
+                                                 "chunks (0: instance discrimination only)")
     # lookup: the chunks of the k nearest frames blended with weights softmax(cosine / temperature)
     # (k = 1: the nearest frame's chunk, as the paper)
-    lookup_k: int = 1
-    lookup_temperature: float = 0.02
+    lookup_k: int = option(1, help="act on the k nearest frames' chunks blended by similarity (1: the nearest "
+                                   "frame's chunk)")
+    lookup_temperature: float = option(0.02, help="blend weights softmax(cosine similarity / this) for --lookup-k > 1")
     # relative lookup: the chunk's first dims (the arm's joint targets) are applied as offsets from
     # this low-dim key's current value, as they were from the retrieved frame's ("": absolute
     # targets, as recorded). Without it, a chunk retrieved from a frame where the arm stood a
     # little elsewhere sends the arm there first.
-    relative_to: str = ""
+    relative_to: str = option("", flag="--relative-lookup", const="joint_pos",
+                              help="apply the retrieved chunk's arm targets as offsets from the current joint_pos "
+                                   "(as they were from the retrieved frame's); needs joint_pos among --lowdim-keys")
     # table and OOD calibration
-    holdout_ratio: float = 0.1  # episodes held out of the table to calibrate the OOD threshold
-    ood_quantile: float = 0.99  # threshold = this quantile of held-out in-distribution scores
-    index_encoding: str = "float16"  # table vectors: float16 halves ALT's memory
+    holdout_ratio: float = option(0.1, help="episodes held out of the table to calibrate the OOD threshold")
+    ood_quantile: float = option(0.99, help="OOD threshold = this quantile of held-out in-distribution scores")
+    index_encoding: str = option("float16", choices=("float16", "float32"),
+                                 help="table vectors: float16 (half the memory) | float32 (exact similarities)")
+    # a build-time choice, not stored
+    ood_report: str | None = option(None, stored=False, help="OOD evaluation JSON (None: OUT/ood_eval.json)")
 
     def __post_init__(self):
         self.channels = tuple(int(c) for c in self.channels)
@@ -142,21 +162,6 @@ class ALTConfig:
         if not 0.0 < self.ood_quantile <= 1.0:
             raise ConfigError(f"ood_quantile must be in (0, 1], got {self.ood_quantile}")
         IndexConfig(encoding=self.index_encoding)
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        for k in ("channels", "strides", "crop_scale", "crop_ratio", "negative_hue", "negative_translation",
-                  "negative_patch_area"):
-            d[k] = list(d[k])
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ALTConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ConfigError(f"unknown ALT options {unknown}")
-        return cls(**d)
 
 
 # --- the encoder --------------------------------------------------------------------------------
@@ -457,7 +462,21 @@ class OODResult:
     frame: int
 
 
-@register_policy("alt")
+def train_from_request(request: BuildRequest) -> dict:
+    """`fastdp train --policy alt`: the encoder with the shared loop, then its table and OOD calibration."""
+    summary = train_alt(request.dataset, request.out, request.config, request.settings,
+                        image_keys=request.image_keys, lowdim_keys=request.lowdim_keys, horizon=request.horizon,
+                        n_obs_steps=request.n_obs_steps, n_action_steps=request.n_action_steps,
+                        max_episodes=request.max_episodes, resume=request.resume, half=request.half,
+                        ood_report=request.config.ood_report)
+    return {"steps": request.settings.steps, "seconds": summary["train_seconds"],
+            "first_loss": summary["train_loss_first"], "final_loss": summary["train_loss_final"],
+            "table_frames": summary["table_frames"], "ood_threshold": summary["threshold"],
+            "ood_auroc_all": summary["ood_auroc_all"]}
+
+
+@register_policy("alt", config=ALTConfig, train=train_from_request,
+                 summary="Action Lookup Table: contrastive encoder + nearest demonstration chunk, with an OOD flag")
 class ALTPolicy(Policy):
     """Look up the nearest training frame's action chunk; flag frames unlike any training frame."""
 
@@ -561,8 +580,8 @@ class ALTPolicy(Policy):
         """The encoder as the graph (raw observation -> embedding); the table lookup, which
         faiss does, finishes act() outside it and keeps the OOD verdict in last_ood."""
         relative = self.config.relative_to
-        graph = flat_export_graph(_EmbedModule(self.encoder, relative), self.spec, {},
-                                  {"policy": "alt", "embed_dim": self.config.embed_dim, "relative_to": relative},
+        signature = {"policy": self.policy_type, "embed_dim": self.config.embed_dim, "relative_to": relative}
+        graph = flat_export_graph(_EmbedModule(self.encoder, relative), self.spec, {}, signature,
                                   device=self.device, lowdim_affine=self.encoder.affine_per_key())
         graph.output_name = f"embedding+{relative}" if relative else "embedding"
         graph.finish = self._act_from_graph
@@ -737,7 +756,7 @@ def train_alt(dataset: str, out: str, config: ALTConfig, settings, image_keys=("
     def save(m: nn.Module, step: int) -> None:
         cfg = json.loads(json.dumps(base_cfg))
         cfg["provenance"]["train_steps"] = step
-        save_model_dir(out, "alt", cfg, m.state_dict(), half=half)
+        save_model_dir(out, ALTPolicy.policy_type, cfg, m.state_dict(), half=half)
 
     result = train(encoder, lambda net, batch: net(batch), train_set, val_set, settings, out, save, resume=resume)
     del train_set, val_set
@@ -792,7 +811,7 @@ def build_alt_table(model_dir: str | os.PathLike, buffer, table_episodes, holdou
                   "quantile": config.ood_quantile, "calibration_frames": int(len(holdout_scores)),
                   "calibration_episodes": [int(e) for e in holdout_episodes]}
     cfg["table"] = {"frames": len(index), "episodes": [int(e) for e in table_episodes]}
-    save_model_dir(model_dir, "alt", cfg, files.state_dict,
+    save_model_dir(model_dir, ALTPolicy.policy_type, cfg, files.state_dict,
                    half=any(t.dtype == torch.float16 for t in files.state_dict.values()))
     index.meta["embedding_model_hash"] = file_hash(model_dir / WEIGHTS_FILE)
     index.save(model_dir)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import abc
 import hashlib
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,12 +28,16 @@ from fastdp_ros.errors import ConfigError
 from fastdp_ros.policies.modeldir import read_config
 from fastdp_ros.policies.spec import PolicySpec, check_observation
 
+log = logging.getLogger(__name__)
+
 
 class Policy(abc.ABC):
     """Base class: subclasses implement `_encode`, `_act`, `from_model_dir` and `nfe`."""
 
     #: registry name, set by @register_policy
     policy_type: str = ""
+    #: act() calls so far (see `queries`)
+    act_calls: int = 0
 
     def __init__(self, spec: PolicySpec):
         self.spec = spec
@@ -59,7 +64,28 @@ class Policy(abc.ABC):
         return self._encode(check_observation(self.spec, obs))
 
     def act(self, obs: dict) -> np.ndarray:
+        self.act_calls += 1
         return self._act(check_observation(self.spec, obs))
+
+    def reset(self) -> None:
+        """A new episode starts: forget what act() keeps between calls (default: nothing)."""
+
+    @property
+    def queries(self) -> int:
+        """Model queries (runs of the sampler) so far: one per act() unless the policy keeps
+        acting between queries (LWD's generated policy); with `nfe`, the cost of an episode."""
+        return self.act_calls
+
+    def cost_report(self) -> dict:
+        """What besides `nfe` describes the policy's cost (e.g. the size of the network that
+        runs between queries); `fastdp eval` and `fastdp bench` report it."""
+        return {}
+
+    def act_through(self, obs: dict[str, np.ndarray], run_graph: Callable[[dict], np.ndarray]) -> np.ndarray:
+        """act() with the export graph's computation done by `run_graph(obs)` (a compiled engine:
+        the graph's output after its `finish`). A policy whose act() is more than one run of its
+        graph (state kept between calls) overrides this; `obs` is already validated."""
+        return run_graph(obs)
 
     def export_graph(self) -> "ExportGraph":
         """The act() step as one exportable module (see ExportGraph); optional.
@@ -166,25 +192,96 @@ def flat_export_graph(
     return ExportGraph(module, tuple(spec.obs_keys), dict(noise_shapes), examples, signature)
 
 
-_REGISTRY: dict[str, type[Policy]] = {}
+#: what `fastdp train | distill | index` can make a policy from (the registry's builder verbs)
+VERBS = ("train", "distill", "index")
+#: what a registered policy offers besides act(); derived from the class and the registration
+CAPABILITIES = ("export_graph", "ood_score", "retrieval_base")
 
 
-def register_policy(name: str):
-    """Class decorator: make a Policy loadable by its config.json `policy_type`."""
+@dataclass
+class BuildRequest:
+    """What `fastdp train | distill | index` hands a policy's builder (see register_policy).
+
+    config is the policy's PolicyConfig made from the command's flags; settings the
+    TrainSettings of a training or distillation; the layout fields describe the observations
+    and actions of a policy trained on a dataset."""
+
+    verb: str
+    config: object
+    out: str
+    dataset: str | None = None
+    teacher: str | None = None
+    settings: object = None
+    image_keys: tuple[str, ...] = ()
+    lowdim_keys: tuple[str, ...] = ()
+    horizon: int = 16
+    n_obs_steps: int = 2
+    n_action_steps: int = 8
+    max_episodes: int | None = None
+    resume: bool = False
+    half: bool = False
+    device: str = "cpu"
+
+
+@dataclass(frozen=True)
+class PolicyEntry:
+    """One registered policy: its class, configuration dataclass, builders and capabilities.
+
+    A builder is `fn(request: BuildRequest) -> dict` (a summary the command logs);
+    retrieval_base is `fn(files: ModelFiles) -> ragdp.RetrievalBase` for models RAGDP can
+    accelerate."""
+
+    name: str
+    cls: type
+    config: type | None = None
+    builders: dict = field(default_factory=dict)
+    retrieval_base: Callable | None = None
+    capabilities: frozenset = frozenset()
+    summary: str = ""
+
+    def builder(self, verb: str) -> Callable | None:
+        return self.builders.get(verb)
+
+    def can(self, capability: str) -> bool:
+        return capability in self.capabilities
+
+
+_REGISTRY: dict[str, PolicyEntry] = {}
+
+
+def register_policy(name: str, *, config: type | None = None, train: Callable | None = None,
+                    distill: Callable | None = None, index: Callable | None = None,
+                    retrieval_base: Callable | None = None, summary: str = ""):
+    """Class decorator: register a Policy under `name` (its config.json `policy_type`).
+
+    config: its PolicyConfig dataclass (the flags of its builders); train / distill / index:
+    how `fastdp <verb> --policy name` makes one (trained on a dataset, distilled from a
+    teacher, indexed from a teacher); retrieval_base: how RAGDP loads one as the model it
+    accelerates; summary: one line for `--help`. The capabilities are derived: export_graph
+    when the class overrides it, ood_score when it scores observations, retrieval_base."""
 
     def wrap(cls: type[Policy]) -> type[Policy]:
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
+        if name in _REGISTRY and _REGISTRY[name].cls is not cls:
             raise ValueError(f"policy type {name!r} registered twice")
+        caps = set()
+        if getattr(cls, "export_graph", None) is not getattr(Policy, "export_graph"):
+            caps.add("export_graph")
+        if callable(getattr(cls, "ood_score", None)):
+            caps.add("ood_score")
+        if retrieval_base is not None:
+            caps.add("retrieval_base")
+        builders = {verb: fn for verb, fn in (("train", train), ("distill", distill), ("index", index)) if fn}
         cls.policy_type = name
-        _REGISTRY[name] = cls
+        _REGISTRY[name] = PolicyEntry(name, cls, config, builders, retrieval_base, frozenset(caps),
+                                      summary or (cls.__doc__ or "").strip().split("\n")[0])
         return cls
 
     return wrap
 
 
-def policy_class(name: str) -> type[Policy]:
-    """The Policy class registered under `name`, or a ConfigError listing the known ones."""
-    _import_builtin_policies()
+def policy_entry(name: str) -> PolicyEntry:
+    """The registration of policy type `name`, or a ConfigError listing the known ones."""
+    discover_policies()
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -192,9 +289,21 @@ def policy_class(name: str) -> type[Policy]:
         raise ConfigError(f"unknown policy type {name!r}; known policy types: {known}") from None
 
 
+def policy_class(name: str) -> type[Policy]:
+    """The Policy class registered under `name`, or a ConfigError listing the known ones."""
+    return policy_entry(name).cls
+
+
 def registered_policies() -> list[str]:
-    _import_builtin_policies()
+    discover_policies()
     return sorted(_REGISTRY)
+
+
+def policies_with(verb: str | None = None, capability: str | None = None) -> list[PolicyEntry]:
+    """Registered policies a verb can build and/or that offer a capability, by name."""
+    discover_policies()
+    return [e for _, e in sorted(_REGISTRY.items())
+            if (verb is None or e.builder(verb)) and (capability is None or e.can(capability))]
 
 
 def load_policy(path: str | os.PathLike, **options) -> Policy:
@@ -203,14 +312,31 @@ def load_policy(path: str | os.PathLike, **options) -> Policy:
     return policy_class(config["policy_type"]).from_model_dir(path, **options)
 
 
-def _import_builtin_policies() -> None:
-    # Imported lazily so `fastdp_ros.policies.base` stays cheap and free of cycles.
+#: entry-point group of policies from other packages (`[project.entry-points."fastdp_ros.policies"]`
+#: name = "package.module": importing the module registers its policy)
+ENTRY_POINT_GROUP = "fastdp_ros.policies"
+_discovered = False
+
+
+def discover_policies() -> None:
+    """Import every module of this package (one per policy; importing one registers it) and the
+    modules other packages declare under the entry-point group, once. Imported lazily so
+    `fastdp_ros.policies.base` stays cheap and free of cycles."""
+    global _discovered
+    if _discovered:
+        return
     import importlib
+    import pkgutil
+    from importlib.metadata import entry_points
 
-    for module in _BUILTIN_MODULES:
-        importlib.import_module(module)
+    import fastdp_ros.policies as package
 
-
-#: the built-in policy modules; importing one registers its policy (one module per policy)
-_BUILTIN_MODULES: list[str] = ["fastdp_ros.policies.dp", "fastdp_ros.policies.onedp", "fastdp_ros.policies.consistency",
-                                 "fastdp_ros.policies.ractd", "fastdp_ros.policies.ragdp", "fastdp_ros.policies.alt"]
+    for info in pkgutil.iter_modules(package.__path__):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"{package.__name__}.{info.name}")
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            ep.load()
+        except Exception as e:  # noqa: BLE001 - a broken plugin must not hide the built-in policies
+            log.warning("policy plugin %s (%s) cannot be imported: %s: %s", ep.name, ep.value, type(e).__name__, e)
+    _discovered = True

@@ -26,6 +26,7 @@ import dataclasses
 import logging
 import os
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -37,7 +38,8 @@ from fastdp_ros.diffusion.schedules import karras_sigmas
 from fastdp_ros.errors import ConfigError, ModelFileError
 from fastdp_ros.nn import ConditionalUnet1D
 from fastdp_ros.nn.unet1d import SinusoidalPosEmb
-from fastdp_ros.policies.base import Policy, register_policy
+from fastdp_ros.policies.base import BuildRequest, Policy, register_policy
+from fastdp_ros.policies.config import PolicyConfig, option
 from fastdp_ros.policies.distill import FrozenTrainMode, Teacher, distillation_windows, freeze, load_teacher
 from fastdp_ros.policies.dp import DiffusionPolicyConfig, DiffusionPolicyModel
 from fastdp_ros.policies.modeldir import load_model_dir, load_state_into, save_model_dir
@@ -47,16 +49,17 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class ConsistencyConfig:
-    """Consistency distillation settings (the network's shape is the teacher's)."""
+class ConsistencyConfig(PolicyConfig):
+    """Consistency distillation settings (the network's shape is the teacher's); the flags of
+    `fastdp distill --policy consistency`."""
 
-    bins: int = 80               # Karras levels the teacher's ODE is discretized on
-    s_embed_dim: int = 32        # width of the target level's embedding
-    dsm_weight: float = 1.0      # weight of the denoising-score-matching auxiliary loss
-    inference_steps: int = 1     # chained steps at run time (1 or 3 in the paper)
-    lr: float = 1e-4
-    # RACTD (ractd.py); 0 for plain Consistency Policy
-    reward_weight: float = 0.0
+    label: ClassVar[str] = "consistency"
+
+    bins: int = option(80, help="Karras levels of the teacher's ODE")
+    s_embed_dim: int = option(32, help="width of the target level's embedding")
+    dsm_weight: float = option(1.0, help="weight of the denoising auxiliary loss")
+    inference_steps: int = option(1, help="chained steps stored as the default (1 or 3)")
+    lr: float = option(1e-4, help="student learning rate")
 
     def __post_init__(self):
         if self.bins < 2:
@@ -66,15 +69,14 @@ class ConsistencyConfig:
         if self.s_embed_dim < 2 or self.s_embed_dim % 2:
             raise ConfigError(f"s_embed_dim must be an even number >= 2, got {self.s_embed_dim}")
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
     @classmethod
-    def from_dict(cls, d: dict) -> "ConsistencyConfig":
-        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise ConfigError(f"unknown consistency options {unknown}")
-        return cls(**d)
+    def from_dict(cls, d: dict):
+        # students written before RACTD had a config of its own stored reward_weight 0.0 (the
+        # plain Consistency Policy's); a non-zero weight is a RACTD config, refused as unknown
+        names = {f.name for f in dataclasses.fields(cls)}
+        if isinstance(d, dict) and "reward_weight" not in names and d.get("reward_weight") == 0:
+            d = {k: v for k, v in d.items() if k != "reward_weight"}
+        return super().from_dict(d)
 
 
 def widen_global_cond(unet: ConditionalUnet1D, config: DiffusionPolicyConfig, extra: int) -> ConditionalUnet1D:
@@ -318,11 +320,13 @@ def distill_consistency(teacher_path: str, dataset: str, out: str, config: Consi
 
 
 def run_student_training(module: ConsistencyDistillation, teacher: Teacher, train_set, val_set, dataset: str,
-                         out: str, settings, resume: bool, half: bool, policy_type: str = "consistency",
+                         out: str, settings, resume: bool, half: bool, policy_type: str | None = None,
                          extra_provenance: dict | None = None):
-    """Train a consistency-style student (CP or RACTD) with the shared loop and save it."""
+    """Train a consistency-style student (CP or RACTD; policy_type None: consistency) with the
+    shared loop and save it."""
     from fastdp_ros.policies.training import train
 
+    policy_type = policy_type or ConsistencyPolicy.policy_type
     config = module.config
     settings = dataclasses.replace(settings, lr=config.lr)
     log.info("%s distillation from %s: %d training windows", policy_type, teacher.path, len(train_set))
@@ -337,17 +341,19 @@ def run_student_training(module: ConsistencyDistillation, teacher: Teacher, trai
                  params=params)
 
 
-def load_student(path) -> tuple[PolicySpec, ConsistencyConfig, TrajectoryStudent, dict]:
-    """Rebuild a consistency (or RACTD) student from its model directory."""
-    return student_from_files(load_model_dir(path))
+def load_student(path, config_class: type[ConsistencyConfig] = ConsistencyConfig
+                 ) -> tuple[PolicySpec, ConsistencyConfig, TrajectoryStudent, dict]:
+    """Rebuild a consistency (or, with RACTD's config class, RACTD) student from its model directory."""
+    return student_from_files(load_model_dir(path), config_class)
 
 
-def student_from_files(files) -> tuple[PolicySpec, ConsistencyConfig, TrajectoryStudent, dict]:
+def student_from_files(files, config_class: type[ConsistencyConfig] = ConsistencyConfig
+                       ) -> tuple[PolicySpec, ConsistencyConfig, TrajectoryStudent, dict]:
     """Rebuild a consistency (or RACTD) student from parsed model files (RAGDP keeps them too)."""
     cfg = files.config
     try:
         spec = PolicySpec.from_dict(cfg["spec"])
-        config = ConsistencyConfig.from_dict(cfg["policy"])
+        config = config_class.from_dict(cfg["policy"])
         network = DiffusionPolicyConfig.from_dict(cfg["network"])
         normalizer = cfg["normalizer"]
     except KeyError as e:
@@ -360,9 +366,33 @@ def student_from_files(files) -> tuple[PolicySpec, ConsistencyConfig, Trajectory
     return spec, config, student, cfg
 
 
-@register_policy("consistency")
+def student_retrieval_base(files, config_class: type[ConsistencyConfig] = ConsistencyConfig):
+    """A consistency (or RACTD) student as the model RAGDP accelerates (VE): retrieval with its
+    encoder, refinement by its chain of jumps over ragdp.STUDENT_CHAIN_LEVELS levels."""
+    from fastdp_ros.policies.ragdp import STUDENT_CHAIN_LEVELS, RetrievalBase
+
+    spec, _, student, _ = student_from_files(files, config_class)
+    model = StudentRetrievalModel(student)
+    entries = {k: files.config[k] for k in ("spec", "policy", "network", "normalizer")}
+    return RetrievalBase(spec, model, model.jump, "ve", (model.SAMPLER, STUDENT_CHAIN_LEVELS), model.cond_dim,
+                         entries)
+
+
+def distill_from_request(request: BuildRequest) -> dict:
+    """`fastdp distill --policy consistency`: the request's teacher, dataset and settings into distill_consistency."""
+    result = distill_consistency(request.teacher, request.dataset, request.out, request.config, request.settings,
+                                 resume=request.resume, half=request.half)
+    return result.summary()
+
+
+@register_policy("consistency", config=ConsistencyConfig, distill=distill_from_request,
+                 retrieval_base=student_retrieval_base,
+                 summary="Consistency Policy: CTM-style student, 1 or a few chained steps (EDM teacher)")
 class ConsistencyPolicy(Policy):
     """A consistency student behind the common interface: `steps` network evaluations (1 or 3)."""
+
+    #: the config.json "policy" entry of this kind of student
+    config_class: type[ConsistencyConfig] = ConsistencyConfig
 
     def __init__(self, spec: PolicySpec, config: ConsistencyConfig, student: TrajectoryStudent,
                  steps: int | None = None, seed: int = 0, device: str = "cpu"):
@@ -384,7 +414,7 @@ class ConsistencyPolicy(Policy):
             raise ConfigError(f"{path} is a consistency model: choose --steps (1, 3, ...), not a sampler")
         if steps is not None and steps < 1:
             raise ConfigError(f"steps must be >= 1, got {steps}")
-        spec, config, student, _ = load_student(path)
+        spec, config, student, _ = load_student(path, cls.config_class)
         return cls(spec, config, student, steps=steps, seed=seed, device=device)
 
     def _tensors(self, obs: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:

@@ -18,6 +18,7 @@ from torch import nn
 
 from fastdp_ros.errors import ConfigError, DatasetError
 from fastdp_ros.policies.dp import (
+    DiffusionPolicy,
     DiffusionPolicyConfig,
     DiffusionPolicyModel,
     build_model_from_files,
@@ -54,8 +55,8 @@ class Teacher:
 def load_teacher(path: str | os.PathLike, noise_model: str, distiller: str) -> Teacher:
     """Load a `dp` model directory and check it is the kind of teacher `distiller` needs."""
     files = load_model_dir(path)
-    if files.policy_type != "dp":
-        raise ConfigError(f"{distiller} distils a Diffusion Policy (policy_type 'dp'); "
+    if files.policy_type != DiffusionPolicy.policy_type:
+        raise ConfigError(f"{distiller} distils a Diffusion Policy (policy_type {DiffusionPolicy.policy_type!r}); "
                           f"{path} is a {files.policy_type!r} model")
     spec, config, model = build_model_from_files(files)
     if config.noise_model != noise_model:

@@ -15,10 +15,12 @@ denoises a chunk of `horizon` actions. Two noise models:
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -39,65 +41,85 @@ from fastdp_ros.diffusion import (
 )
 from fastdp_ros.errors import ConfigError, ModelFileError
 from fastdp_ros.nn import ConditionalUnet1D, MultiImageObsEncoder
-from fastdp_ros.policies.base import Policy, register_policy
+from fastdp_ros.policies.base import BuildRequest, Policy, register_policy
+from fastdp_ros.policies.config import PolicyConfig, option
 from fastdp_ros.policies.modeldir import load_model_dir, load_state_into
 from fastdp_ros.policies.spec import PolicySpec
 
 log = logging.getLogger(__name__)
 
 NOISE_MODELS = ("ddpm", "edm")
+BACKBONES = ("small_cnn", "resnet18")
+POOLS = ("spatial_softmax", "avg")
 SAMPLERS = {"ddpm": ("ddpm", "ddim"), "edm": ("edm",)}
 PRECONDITIONINGS = ("edm", "vp")
 
 
 @dataclass
-class DiffusionPolicyConfig:
-    """Hyper-parameters of a Diffusion Policy; saved into config.json, CLI flags map onto it."""
+class DiffusionPolicyConfig(PolicyConfig):
+    """Hyper-parameters of a Diffusion Policy: saved into config.json, the flags of `fastdp train --policy dp`."""
+
+    label: ClassVar[str] = "Diffusion Policy"
 
     # network
-    backbone: str = "small_cnn"  # small_cnn | resnet18
-    pool: str = "spatial_softmax"  # spatial_softmax | avg
-    feature_dim: int = 64
-    num_keypoints: int = 32
-    share_backbone: bool = False
-    crop_ratio: float = 0.9  # random crop (train) / center crop (eval) side, as a fraction
-    down_dims: tuple[int, ...] = (64, 128, 256)
-    diffusion_step_embed_dim: int = 128
-    kernel_size: int = 5
-    n_groups: int = 8
+    backbone: str = option("small_cnn", choices=BACKBONES, help="camera backbone")
+    pool: str = option("spatial_softmax", choices=POOLS, help="camera feature pooling")
+    feature_dim: int = option(64, help="features per camera")
+    num_keypoints: int = option(32, help="spatial-softmax keypoints per camera")
+    share_backbone: bool = option(False, help="one backbone for every camera")
+    crop_ratio: float = option(0.9, help="random crop (training) / center crop (run time) side, as a fraction")
+    down_dims: tuple[int, ...] = option((64, 128, 256), help="U-Net channel widths, comma-separated")
+    diffusion_step_embed_dim: int = option(128, help="width of the U-Net's diffusion-step embedding")
+    kernel_size: int = option(5, help="U-Net convolution kernel size")
+    n_groups: int = option(8, help="GroupNorm groups of the U-Net")
     # actions: absolute targets, or the arm part relative to the current value of this low-dim
     # key (e.g. "joint_pos"): small offsets normalize to a much finer grid than absolute angles
-    relative_to: str = ""
+    relative_to: str = option("", flag="--relative-actions", const="joint_pos",
+                              help="learn the arm's targets relative to the current joint positions (joint_pos)")
     # diffusion
-    noise_model: str = "ddpm"  # ddpm | edm
-    num_train_timesteps: int = 100
-    beta_schedule: str = "squaredcos_cap_v2"
-    prediction_type: str = "epsilon"
-    sigma_min: float = 0.002
-    sigma_max: float = 80.0
-    rho: float = 7.0
-    sigma_data: float = 0.5
+    noise_model: str = option("ddpm", choices=NOISE_MODELS, help="ddpm (VP, epsilon) | edm (VE, Karras)")
+    num_train_timesteps: int = option(100, help="DDPM diffusion steps")
+    beta_schedule: str = option("squaredcos_cap_v2", help="DDPM noise schedule")
+    prediction_type: str = option("epsilon", help="what the DDPM network predicts")
+    sigma_min: float = option(0.002, help="EDM: lowest noise level")
+    sigma_max: float = option(80.0, help="EDM: highest noise level (where sampling starts)")
+    rho: float = option(7.0, help="EDM: Karras schedule exponent")
+    sigma_data: float = option(0.5, help="EDM: standard deviation of the (normalized) actions")
     # EDM models: "edm" (Karras et al.'s c_in / c_out / c_noise = ln(sigma) / 4) or "vp" (the
     # network reads DDPM-scaled inputs and timesteps and predicts the noise: a DDPM model's
     # weights are a working EDM model as they are, see schedules.VPPreconditioning)
-    preconditioning: str = "edm"
-    # default sampler at run time (override with from_model_dir(sampler=..., steps=...))
-    sampler: str = "ddpm"  # ddpm | ddim | edm
-    num_inference_steps: int = 100
+    preconditioning: str = option("edm", choices=PRECONDITIONINGS,
+                                  help="edm models: edm (Karras et al.'s) | vp (the network reads DDPM inputs and "
+                                       "timesteps: a DDPM model's weights start it as they are; see `fastdp convert`)")
+    # default sampler at run time (override with from_model_dir(sampler=..., steps=...)); None:
+    # the noise model's own (ddpm, 100 steps | edm, 18 steps), resolved when the config is made
+    sampler: str | None = option(None, choices=("ddpm", "ddim", "edm"),
+                                 help="default sampler stored with the model (None: ddpm, edm for an EDM model)")
+    num_inference_steps: int | None = option(None, help="default sampling steps stored with the model "
+                                                        "(None: ddpm 100, edm 18)")
     # training
-    batch_size: int = 64
-    lr: float = 1e-4
-    weight_decay: float = 1e-6
-    warmup_steps: int = 500
-    grad_clip: float = 1.0
-    ema_power: float = 0.75
-    ema_max: float = 0.9999
-    extra: dict = field(default_factory=dict)
+    batch_size: int = option(64, help="windows per optimizer step")
+    lr: float = option(1e-4, help="peak learning rate")
+    weight_decay: float = option(1e-6, help="AdamW weight decay")
+    warmup_steps: int = option(500, help="linear warm-up steps")
+    grad_clip: float = option(1.0, help="gradient norm clip")
+    ema_power: float = option(0.75, help="EMA warm-up power")
+    ema_max: float = option(0.9999, help="EMA decay bound")
+    extra: dict = option(default_factory=dict, parse=json.loads, help="free-form JSON notes stored with the model")
+    # a build-time choice, not stored
+    init_from: str | None = option(None, stored=False,
+                                   help="start from this Diffusion Policy's parameters (same network; the noise "
+                                        "model may differ, e.g. an EDM teacher from a DDPM one)")
 
     def __post_init__(self):
         self.down_dims = tuple(int(d) for d in self.down_dims)
         if self.noise_model not in NOISE_MODELS:
             raise ConfigError(f"noise_model must be one of {NOISE_MODELS}, got {self.noise_model!r}")
+        edm = self.noise_model == "edm"
+        if self.sampler is None:
+            self.sampler = "edm" if edm else "ddpm"
+        if self.num_inference_steps is None:
+            self.num_inference_steps = 18 if edm else 100
         if self.preconditioning not in PRECONDITIONINGS:
             raise ConfigError(f"preconditioning must be one of {PRECONDITIONINGS}, got {self.preconditioning!r}")
         if self.preconditioning != "edm" and self.noise_model != "edm":
@@ -109,19 +131,6 @@ class DiffusionPolicyConfig:
                 f"sampler {self.sampler!r} does not fit a {self.noise_model} model; "
                 f"use one of {SAMPLERS[self.noise_model]}"
             )
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["down_dims"] = list(self.down_dims)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "DiffusionPolicyConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ConfigError(f"unknown Diffusion Policy options {unknown}")
-        return cls(**d)
 
 
 class ObsPreprocessor(nn.Module):
@@ -293,7 +302,35 @@ class ActGraph(nn.Module):
                                              self.model.action_reference(obs))
 
 
-@register_policy("dp")
+# --- the registration's builders (their bodies are below: train_diffusion_policy, ragdp) ---------
+
+
+def train_from_request(request: BuildRequest) -> dict:
+    """`fastdp train --policy dp`: the request's dataset, layout and settings into train_diffusion_policy."""
+    result = train_diffusion_policy(
+        request.dataset, request.out, request.config, request.settings, image_keys=request.image_keys,
+        lowdim_keys=request.lowdim_keys, horizon=request.horizon, n_obs_steps=request.n_obs_steps,
+        n_action_steps=request.n_action_steps, max_episodes=request.max_episodes, resume=request.resume,
+        half=request.half, init_from=request.config.init_from)
+    return result.summary()
+
+
+def retrieval_base(files):
+    """A Diffusion Policy as the model RAGDP accelerates: its encoder retrieves, its sampler refines
+    (VP: DDIM over every training step, so the leap picks an exact noise level; VE: its EDM schedule)."""
+    from fastdp_ros.policies.ragdp import RetrievalBase
+
+    spec, config, model = build_model_from_files(files)
+    if config.noise_model == "ddpm":
+        family, default = "vp", ("ddim", config.num_train_timesteps)
+    else:
+        family, default = "ve", ("edm", config.num_inference_steps)
+    entries = {k: files.config[k] for k in ("spec", "policy", "normalizer")}
+    return RetrievalBase(spec, model, model.unet, family, default, model.cond_dim, entries)
+
+
+@register_policy("dp", config=DiffusionPolicyConfig, train=train_from_request, retrieval_base=retrieval_base,
+                 summary="Diffusion Policy teacher (DDPM/DDIM or EDM)")
 class DiffusionPolicy(Policy):
     """The Diffusion Policy teacher behind the common interface."""
 
@@ -475,8 +512,9 @@ def convert_to_edm(source: str | os.PathLike, out: str | os.PathLike, steps: int
     from fastdp_ros.policies.modeldir import model_hash, save_model_dir
 
     files = load_model_dir(source)
-    if files.policy_type != "dp":
-        raise ConfigError(f"{source} is a {files.policy_type!r} model; conversion takes a Diffusion Policy (dp)")
+    if files.policy_type != DiffusionPolicy.policy_type:
+        raise ConfigError(f"{source} is a {files.policy_type!r} model; conversion takes a Diffusion Policy "
+                          f"({DiffusionPolicy.policy_type})")
     spec, config, model = build_model_from_files(files)
     if config.noise_model != "ddpm" or config.prediction_type != "epsilon":
         raise ConfigError(f"{source} is a {config.noise_model} model predicting {config.prediction_type!r}; "
@@ -490,7 +528,7 @@ def convert_to_edm(source: str | os.PathLike, out: str | os.PathLike, steps: int
                   "source_provenance": files.config.get("provenance", {})}
     cfg = {"spec": spec.to_dict(), "policy": edm.to_dict(), "normalizer": files.config["normalizer"],
            "provenance": provenance}
-    return save_model_dir(out, "dp", cfg, model.state_dict(), half=half)
+    return save_model_dir(out, DiffusionPolicy.policy_type, cfg, model.state_dict(), half=half)
 
 
 # Fields that fix the network's parameters: a model to start from must agree on all of them.
@@ -509,9 +547,9 @@ def load_initial_weights(model: DiffusionPolicyModel, path: str | os.PathLike) -
     from fastdp_ros.policies.modeldir import model_hash
 
     files = load_model_dir(path)
-    if files.policy_type != "dp":
-        raise ConfigError(f"--init-from needs a Diffusion Policy (policy_type 'dp'); {path} is a "
-                          f"{files.policy_type!r} model")
+    if files.policy_type != DiffusionPolicy.policy_type:
+        raise ConfigError(f"--init-from needs a Diffusion Policy (policy_type {DiffusionPolicy.policy_type!r}); "
+                          f"{path} is a {files.policy_type!r} model")
     spec, config, source = build_model_from_files(files)
     problems = [f"{name}: {getattr(config, name)!r} vs {getattr(model.config, name)!r}"
                 for name in NETWORK_FIELDS if getattr(config, name) != getattr(model.config, name)]
@@ -581,6 +619,6 @@ def train_diffusion_policy(dataset: str, out: str, config: DiffusionPolicyConfig
         cfg = {"spec": spec.to_dict(), "policy": config.to_dict(), "normalizer": normalizer.to_dict(),
                "provenance": {**provenance, "train_steps": step,
                               "train_settings": jsonable(dataclasses.asdict(settings))}}
-        save_model_dir(out, "dp", cfg, m.state_dict(), half=half)
+        save_model_dir(out, DiffusionPolicy.policy_type, cfg, m.state_dict(), half=half)
 
     return train(model, lambda net, batch: net(batch), train_set, val_set, settings, out, save, resume=resume)

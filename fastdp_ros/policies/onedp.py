@@ -24,6 +24,7 @@ import logging
 import math
 import os
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -31,7 +32,8 @@ from torch import nn
 
 from fastdp_ros.diffusion import DDPMSampler
 from fastdp_ros.errors import ConfigError, ModelFileError
-from fastdp_ros.policies.base import Policy, register_policy
+from fastdp_ros.policies.base import BuildRequest, Policy, register_policy
+from fastdp_ros.policies.config import PolicyConfig, option
 from fastdp_ros.policies.distill import FrozenTrainMode, Teacher, distillation_windows, freeze, load_teacher, trainable
 from fastdp_ros.policies.dp import DiffusionPolicyConfig, DiffusionPolicyModel
 from fastdp_ros.policies.modeldir import load_model_dir, load_state_into, save_model_dir
@@ -43,16 +45,21 @@ VARIANTS = ("s", "d")
 
 
 @dataclass
-class OneDPConfig:
-    """OneDP's own settings (the network's shape is the teacher's, saved beside them)."""
+class OneDPConfig(PolicyConfig):
+    """OneDP's own settings (the network's shape is the teacher's, saved beside them); the flags
+    of `fastdp distill --policy onedp`."""
 
-    variant: str = "s"          # s: stochastic generator + score network | d: deterministic
-    t_init: int = 65            # the generator reads the noise network at this fixed step
-    k_min: int = 2              # KL steps k are drawn uniformly from [k_min, k_max]
-    k_max: int = 95
-    generator_lr: float = 1e-6  # the paper's settings
-    score_lr: float = 2e-5
-    betas: tuple[float, float] = (0.0, 0.999)
+    label: ClassVar[str] = "OneDP"
+
+    variant: str = option("s", choices=VARIANTS,
+                          help="s: stochastic generator + score network | d: deterministic (learns far faster from a "
+                               "nearly deterministic teacher, such as the shipped push teacher: models/README.md)")
+    t_init: int = option(65, help="fixed step the generator reads the network at")
+    k_min: int = option(2, help="KL steps k are drawn uniformly from [k_min, k_max]")
+    k_max: int = option(95, help="highest KL step k")
+    generator_lr: float = option(1e-6, help="generator learning rate (the paper's)")
+    score_lr: float = option(2e-5, help="generator-score network learning rate (OneDP-S; the paper's)")
+    betas: tuple[float, float] = option((0.0, 0.999), help="Adam betas B1,B2")
 
     def __post_init__(self):
         self.betas = tuple(float(b) for b in self.betas)
@@ -67,18 +74,6 @@ class OneDPConfig:
             if not 0 <= getattr(self, name) < num_train_timesteps:
                 raise ConfigError(f"OneDP {name}={getattr(self, name)} is outside the teacher's "
                                   f"{num_train_timesteps} diffusion steps")
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["betas"] = list(self.betas)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "OneDPConfig":
-        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise ConfigError(f"unknown OneDP options {unknown}")
-        return cls(**d)
 
 
 class OneStepGenerator(nn.Module):
@@ -204,13 +199,21 @@ def distill_onedp(teacher_path: str, dataset: str, out: str, config: OneDPConfig
                "normalizer": teacher.normalizer,
                "provenance": {**teacher.provenance(), "dataset": os.path.abspath(dataset),
                               "distill_steps": step, "train_settings": jsonable(dataclasses.asdict(settings))}}
-        save_model_dir(out, "onedp", cfg, m.generator.model.state_dict(), half=half)
+        save_model_dir(out, OneDPPolicy.policy_type, cfg, m.generator.model.state_dict(), half=half)
 
     return train(module, lambda net, batch: net(batch), train_set, val_set, settings, out, save, resume=resume,
                  params=module.param_groups())
 
 
-@register_policy("onedp")
+def distill_from_request(request: BuildRequest) -> dict:
+    """`fastdp distill --policy onedp`: the request's teacher, dataset and settings into distill_onedp."""
+    result = distill_onedp(request.teacher, request.dataset, request.out, request.config, request.settings,
+                           resume=request.resume, half=request.half)
+    return result.summary()
+
+
+@register_policy("onedp", config=OneDPConfig, distill=distill_from_request,
+                 summary="OneDP: a one-step generator distilled by KL along the diffusion chain (DDPM teacher)")
 class OneDPPolicy(Policy):
     """A OneDP generator behind the common interface: one network evaluation per chunk."""
 
@@ -270,7 +273,8 @@ class OneDPPolicy(Policy):
         (none for OneDP-D, whose z = 0 is a constant of the graph)."""
         from fastdp_ros.policies.base import flat_export_graph
 
-        signature = {"generator": "onedp", "variant": self.config.variant, "t_init": self.config.t_init, "nfe": 1}
+        signature = {"generator": self.policy_type, "variant": self.config.variant, "t_init": self.config.t_init,
+                     "nfe": 1}
         noise_shapes = {} if self.config.variant == "d" else {"noise": (1, self.spec.horizon, self.spec.action_dim)}
         return flat_export_graph(self.graph, self.spec, noise_shapes, signature, device=self.device,
                                  lowdim_affine=self.graph.generator.model.preprocess.affine())

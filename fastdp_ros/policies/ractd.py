@@ -20,6 +20,8 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -28,18 +30,41 @@ from torch.utils.data import ConcatDataset, DataLoader
 
 from fastdp_ros.errors import ConfigError, DatasetError
 from fastdp_ros.nn import MLP
-from fastdp_ros.policies.base import register_policy
+from fastdp_ros.policies.base import BuildRequest, register_policy
+from fastdp_ros.policies.config import option
 from fastdp_ros.policies.consistency import (
     ConsistencyConfig,
     ConsistencyDistillation,
     ConsistencyPolicy,
     run_student_training,
+    student_retrieval_base,
 )
 from fastdp_ros.policies.distill import Teacher, check_dataset_matches, distillation_windows, load_teacher
 
 log = logging.getLogger(__name__)
 
 REWARD_KEY = "reward"
+
+
+@dataclass
+class RACTDConfig(ConsistencyConfig):
+    """Consistency distillation plus the reward term; the flags of `fastdp distill --policy ractd`.
+    config.json keeps reward_weight beside the consistency settings; the reward model's fitting
+    options are build-time choices (its statistics are in the provenance)."""
+
+    label: ClassVar[str] = "RACTD"
+
+    reward_weight: float = option(0.7, help="weight of -R(first action); much higher makes the distillation "
+                                            "unstable")
+    reward_steps: int = option(1000, stored=False, help="reward model fitting steps")
+    reward_dataset: tuple[str, ...] | None = option(
+        None, stored=False, nargs="+",
+        help="fit the reward model on these datasets instead of --dataset (same observations; mixed-quality data, "
+             "e.g. `fastdp collect --action-noise` or rollouts of a policy from `fastdp collect --policy M`, "
+             "together with the demonstrations)")
+    reward_discount: float = option(0.0, stored=False,
+                                    help="0 fits the reward model to the next reward; a discount in (0, 1) to the "
+                                         "discounted sum of the rewards that follow in the episode")
 
 
 class RewardModel(nn.Module):
@@ -142,7 +167,7 @@ def fit_reward_model(teacher: Teacher, train_set, steps: int = 1000, batch_size:
 class RACTDDistillation(ConsistencyDistillation):
     """Consistency distillation whose loss also maximizes the reward of the first action."""
 
-    def __init__(self, teacher: Teacher, config: ConsistencyConfig, reward_model: nn.Module):
+    def __init__(self, teacher: Teacher, config: RACTDConfig, reward_model: nn.Module):
         super().__init__(teacher, config)
         self.reward_model = reward_model.eval()
         for p in self.reward_model.parameters():
@@ -167,17 +192,23 @@ class RACTDDistillation(ConsistencyDistillation):
         return parts["ctm"] + self.config.dsm_weight * parts["dsm"] - self.config.reward_weight * reward
 
 
-def distill_ractd(teacher_path: str, dataset: str, out: str, config: ConsistencyConfig, settings,
-                  reward_steps: int = 1000, resume: bool = False, half: bool = False,
+def distill_ractd(teacher_path: str, dataset: str, out: str, config: RACTDConfig, settings,
+                  reward_steps: int | None = None, resume: bool = False, half: bool = False,
                   reward_model: nn.Module | None = None, reward_datasets: str | Sequence[str] | None = None,
-                  reward_discount: float = 0.0):
+                  reward_discount: float | None = None):
     """Fit the reward model (unless given), then distil the reward-aware student into `out`.
 
     reward_datasets fit the reward model on other data than the student's demonstrations (the
     same observation spec): mixed-quality data, where several actions were taken in similar
     states (`fastdp collect --action-noise`, or rollouts of a policy with `--policy`), teaches
     it how the reward depends on the action, which one expert's demonstrations cannot.
+    reward_steps, reward_datasets and reward_discount default to the config's.
     """
+    if not isinstance(config, RACTDConfig):
+        raise ConfigError(f"RACTD distils with a RACTDConfig (it has the reward options), got {type(config).__name__}")
+    reward_steps = config.reward_steps if reward_steps is None else reward_steps
+    reward_datasets = config.reward_dataset if reward_datasets is None else reward_datasets
+    reward_discount = config.reward_discount if reward_discount is None else reward_discount
     teacher = load_teacher(teacher_path, "edm", "RACTD")
     if isinstance(reward_datasets, (str, os.PathLike)):
         reward_datasets = [reward_datasets]
@@ -197,9 +228,28 @@ def distill_ractd(teacher_path: str, dataset: str, out: str, config: Consistency
             stats["reward_datasets"] = [os.path.abspath(d) for d in sources]
     module = RACTDDistillation(teacher, config, reward_model)
     return run_student_training(module, teacher, train_set, val_set, dataset, out, settings, resume, half,
-                                policy_type="ractd", extra_provenance=stats)
+                                policy_type=RACTDPolicy.policy_type, extra_provenance=stats)
 
 
-@register_policy("ractd")
+def distill_from_request(request: BuildRequest) -> dict:
+    """`fastdp distill --policy ractd`: every reward dataset checked first, then distill_ractd."""
+    from fastdp_ros.data.check import require_dataset
+
+    for path in request.config.reward_dataset or ():
+        require_dataset(path)
+    result = distill_ractd(request.teacher, request.dataset, request.out, request.config, request.settings,
+                           resume=request.resume, half=request.half)
+    return result.summary()
+
+
+def retrieval_base(files):
+    """A RACTD student as the model RAGDP accelerates: as a consistency student's."""
+    return student_retrieval_base(files, RACTDConfig)
+
+
+@register_policy("ractd", config=RACTDConfig, distill=distill_from_request, retrieval_base=retrieval_base,
+                 summary="RACTD: the consistency student with a reward term (EDM teacher, dataset with rewards)")
 class RACTDPolicy(ConsistencyPolicy):
     """A RACTD student: runs like a Consistency Policy (1 or a few chained evaluations)."""
+
+    config_class = RACTDConfig

@@ -18,9 +18,9 @@ A student's sampler is its chain of jumps over STUDENT_CHAIN_LEVELS Karras level
 one jump, from the retrieved chunk noised to the last level.
 
 What is accelerated is a "retrieval base": something with an observation encoder, action
-normalization, a denoising network and samplers offering noise_to_index/sample_from, one
-loader per model kind in BASE_LOADERS (`_dp_base`, `_student_base`); the retrieval, the index
-and the policy are the same for all of them.
+normalization, a denoising network and samplers offering noise_to_index/sample_from. Each
+policy that can be one registers its loader (`register_policy(..., retrieval_base=fn)`: dp,
+consistency, ractd); the retrieval, the index and the policy are the same for all of them.
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ import dataclasses
 import logging
 import math
 import os
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -40,7 +40,8 @@ from torch import nn
 
 from fastdp_ros.diffusion import FixedStepSampler
 from fastdp_ros.errors import ConfigError, DatasetError, ModelFileError
-from fastdp_ros.policies.base import Policy, register_policy
+from fastdp_ros.policies.base import BuildRequest, Policy, policies_with, policy_entry, register_policy
+from fastdp_ros.policies.config import PolicyConfig, option
 from fastdp_ros.policies.modeldir import WEIGHTS_FILE, ModelFiles, load_model_dir, model_hash, save_model_dir
 from fastdp_ros.policies.spec import PolicySpec
 from fastdp_ros.retrieval import (
@@ -51,46 +52,11 @@ from fastdp_ros.retrieval import (
     embed_demonstrations,
     file_hash,
 )
+from fastdp_ros.retrieval.index import ENCODINGS, GPU_MODES, INDEX_KINDS, METRICS
 
 log = logging.getLogger(__name__)
 
 CHOICES = ("nearest", "sample")
-
-
-@dataclass
-class RAGDPConfig:
-    """RAGDP's options; saved into config.json, `fastdp index` flags map onto them."""
-
-    leap_ratio: float = 0.1  # fraction of the sampler's steps run after the retrieved chunk is noised
-    sampler: str | None = None  # None: DDIM over all training steps (VP) / the teacher's EDM schedule (VE)
-    steps: int | None = None  # the sampler's full schedule length (before the leap)
-    k: int = 1  # neighbours retrieved
-    choice: str = "nearest"  # nearest | sample (uniformly among the k nearest)
-    index: dict = field(default_factory=lambda: IndexConfig().to_dict())
-
-    def __post_init__(self):
-        self.leap_ratio = float(self.leap_ratio)
-        if not 0.0 < self.leap_ratio <= 1.0:
-            raise ConfigError(f"leap ratio must be in (0, 1] (the fraction of steps run), got {self.leap_ratio}")
-        if int(self.k) != self.k or self.k < 1:
-            raise ConfigError(f"k must be an integer >= 1, got {self.k}")
-        self.k = int(self.k)
-        if self.choice not in CHOICES:
-            raise ConfigError(f"choice must be one of {CHOICES}, got {self.choice!r}")
-        if self.choice == "nearest" and self.k > 1:
-            log.debug("choice 'nearest' uses only the first of k=%d neighbours", self.k)
-        IndexConfig.from_dict(self.index)  # validates
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "RAGDPConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ConfigError(f"unknown RAGDP options {unknown}")
-        return cls(**d)
 
 
 def parse_leap_ratio(text: str) -> float:
@@ -103,6 +69,74 @@ def parse_leap_ratio(text: str) -> float:
     if not 0.0 < value <= 1.0:
         raise ConfigError(f"leap ratio must be in (0, 1], got {text}")
     return value
+
+
+#: RAGDPConfig's faiss index fields -> their IndexConfig names (config.json nests them as "index")
+INDEX_FIELDS = {"index_kind": "kind", "metric": "metric", "encoding": "encoding", "nlist": "nlist",
+                "nprobe": "nprobe", "hnsw_m": "hnsw_m", "ef_construction": "ef_construction",
+                "ef_search": "ef_search", "index_gpu": "gpu"}
+
+
+@dataclass
+class RAGDPConfig(PolicyConfig):
+    """RAGDP's options: saved into config.json (the index's under "index"), the flags of
+    `fastdp index --policy ragdp`. The leap ratio, sampler and k are stored defaults; `fastdp eval`
+    and the policy loader may override them."""
+
+    label: ClassVar[str] = "RAGDP"
+
+    leap_ratio: float = option(0.1, flag="--leap", parse=parse_leap_ratio,
+                               help="fraction of the sampler's steps run after noising the retrieved chunk "
+                                    "(1/10, 0.05, 5%)")
+    sampler: str | None = option(None, help="ddim | ddpm | edm (None: DDIM over every training step for a DDPM "
+                                            "teacher, the teacher's EDM schedule for an EDM one)")
+    steps: int | None = option(None, help="length of the sampler's full schedule (before the leap)")
+    k: int = option(1, help="neighbours retrieved")
+    choice: str = option("nearest", choices=CHOICES, help="nearest | sample (uniformly among the k nearest)")
+    # the faiss index (retrieval.IndexConfig)
+    index_kind: str = option("flat", flag="--index", choices=INDEX_KINDS, help="faiss index kind")
+    metric: str = option("l2", choices=METRICS, help="distance of the embeddings")
+    encoding: str = option("float32", choices=ENCODINGS, help="stored vectors")
+    nlist: int | None = option(None, help="IVF cells (None: about 4 sqrt(N))")
+    nprobe: int = option(16, help="IVF cells searched per query")
+    hnsw_m: int = option(32, help="HNSW neighbours per node")
+    ef_construction: int = option(80, help="HNSW search width while building")
+    ef_search: int = option(64, help="HNSW search width per query")
+    index_gpu: str = option("auto", choices=GPU_MODES, help="auto: GPU faiss when available | off")
+
+    def __post_init__(self):
+        self.leap_ratio = float(self.leap_ratio)
+        if not 0.0 < self.leap_ratio <= 1.0:
+            raise ConfigError(f"leap ratio must be in (0, 1] (the fraction of steps run), got {self.leap_ratio}")
+        if int(self.k) != self.k or self.k < 1:
+            raise ConfigError(f"k must be an integer >= 1, got {self.k}")
+        self.k = int(self.k)
+        if self.choice not in CHOICES:
+            raise ConfigError(f"choice must be one of {CHOICES}, got {self.choice!r}")
+        if self.choice == "nearest" and self.k > 1:
+            log.debug("choice 'nearest' uses only the first of k=%d neighbours", self.k)
+        self.index_config()  # validates
+
+    def index_config(self) -> IndexConfig:
+        return IndexConfig(**{name: getattr(self, field) for field, name in INDEX_FIELDS.items()})
+
+    def to_dict(self) -> dict:
+        d = {k: v for k, v in super().to_dict().items() if k not in INDEX_FIELDS}
+        return {**d, "index": self.index_config().to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RAGDPConfig":
+        """config.json's form: the index options nested under "index" (IndexConfig's names)."""
+        if not isinstance(d, dict) or not isinstance(d.get("index", {}), dict):
+            raise ConfigError(f"RAGDP options and their 'index' must be mappings, got {d!r}")
+        index = d.get("index", {})
+        flat, unknown = sorted(set(d) & set(INDEX_FIELDS)), sorted(set(index) - set(INDEX_FIELDS.values()))
+        if flat or unknown:
+            raise ConfigError(f"unknown RAGDP options {flat + unknown}; the index options "
+                              f"{sorted(INDEX_FIELDS.values())} go under 'index'")
+        fields = {name: field for field, name in INDEX_FIELDS.items()}
+        rest = {k: v for k, v in d.items() if k != "index"}
+        return super().from_dict({**rest, **{fields[k]: v for k, v in index.items()}})
 
 
 def leap_start_index(num_steps: int, leap_ratio: float) -> int:
@@ -137,47 +171,17 @@ class RetrievalBase:
     config_entries: dict
 
 
-def _dp_base(files: ModelFiles) -> RetrievalBase:
-    from fastdp_ros.policies.dp import build_model_from_files
-
-    spec, config, model = build_model_from_files(files)
-    if config.noise_model == "ddpm":
-        # every training timestep, deterministic: the leap then picks an exact noise level
-        family, default = "vp", ("ddim", config.num_train_timesteps)
-    else:
-        family, default = "ve", ("edm", config.num_inference_steps)
-    entries = {k: files.config[k] for k in ("spec", "policy", "normalizer")}
-    return RetrievalBase(spec, model, model.unet, family, default, model.cond_dim, entries)
-
-
 #: levels of a consistency student's chain the leap ratio counts in: 1/20 runs one jump
 STUDENT_CHAIN_LEVELS = 20
 
 
-def _student_base(files: ModelFiles) -> RetrievalBase:
-    """A consistency or RACTD student (VE): retrieval with its encoder, refinement by its chain."""
-    from fastdp_ros.policies.consistency import StudentRetrievalModel, student_from_files
-
-    spec, _, student, _ = student_from_files(files)
-    model = StudentRetrievalModel(student)
-    entries = {k: files.config[k] for k in ("spec", "policy", "network", "normalizer")}
-    return RetrievalBase(spec, model, model.jump, "ve", (model.SAMPLER, STUDENT_CHAIN_LEVELS), model.cond_dim,
-                         entries)
-
-
-#: policy_type of a base model directory -> loader
-BASE_LOADERS: dict[str, Callable[[ModelFiles], RetrievalBase]] = {
-    "dp": _dp_base, "consistency": _student_base, "ractd": _student_base,
-}
-
-
 def load_base(files: ModelFiles, base_type: str) -> RetrievalBase:
-    try:
-        loader = BASE_LOADERS[base_type]
-    except KeyError:
-        raise ConfigError(f"RAGDP accelerates {sorted(BASE_LOADERS)} models, not {base_type!r} "
-                          f"({files.path})") from None
-    return loader(files)
+    """The model of policy type `base_type` in `files`, by the retrieval_base its registration gives."""
+    entry = policy_entry(base_type)
+    if entry.retrieval_base is None:
+        known = ", ".join(e.name for e in policies_with(capability="retrieval_base"))
+        raise ConfigError(f"RAGDP accelerates {known} models, not {base_type!r} ({files.path})")
+    return entry.retrieval_base(files)
 
 
 def resolve_sampler(config: RAGDPConfig, base: RetrievalBase) -> tuple[str, int | None]:
@@ -214,7 +218,17 @@ class RetrievalRefiner(nn.Module):
         return self.model.unnormalize_action(self.loop(cond, noise, x0, step_noise), reference)
 
 
-@register_policy("ragdp")
+def index_from_request(request: BuildRequest) -> dict:
+    """`fastdp index --policy ragdp`: build the model directory, then load it (proves it loads)."""
+    out = build_ragdp(request.teacher, request.dataset, request.out, request.config,
+                      max_episodes=request.max_episodes, batch_size=request.settings.batch_size,
+                      device=request.device)
+    policy = RAGDPPolicy.from_model_dir(out, device=request.device)
+    return {"indexed_frames": len(policy.index), "nfe": policy.nfe}
+
+
+@register_policy("ragdp", config=RAGDPConfig, index=index_from_request,
+                 summary="RAGDP: retrieval-augmented sampling of a dp / consistency / ractd model, training-free")
 class RAGDPPolicy(Policy):
     """Retrieve the nearest demonstration chunk, noise it part-way, finish with the base model."""
 
@@ -338,7 +352,7 @@ def build_ragdp(teacher: str | os.PathLike, dataset: str | os.PathLike | None, o
         from fastdp_ros.policies.modeldir import read_config
 
         existing = read_config(out)["policy_type"]
-        if existing != "ragdp":
+        if existing != RAGDPPolicy.policy_type:
             raise ConfigError(f"{out} holds a {existing!r} model; choose another --out")
     base = load_base(files, files.policy_type)
     spec = base.spec
@@ -371,10 +385,10 @@ def build_ragdp(teacher: str | os.PathLike, dataset: str | os.PathLike | None, o
                           "teacher_provenance": files.config.get("provenance", {})}}
     embeddings, table = embed_demonstrations(buffer, episodes, spec.obs_keys, spec.action_key, spec.n_obs_steps,
                                              embed_batch, batch_size=batch_size, show_progress=show_progress)
-    save_model_dir(out, "ragdp", cfg, files.state_dict, half=half)
+    save_model_dir(out, RAGDPPolicy.policy_type, cfg, files.state_dict, half=half)
     index = EmbeddingIndex.build(
         embeddings, table, model_hash=file_hash(out / WEIGHTS_FILE), dataset_fingerprint=fingerprint,
-        config=IndexConfig.from_dict(config.index),
+        config=config.index_config(),
         extra_meta={"n_obs_steps": spec.n_obs_steps, "horizon": spec.horizon, "action_dim": spec.action_dim,
                     "dataset": str(Path(dataset).resolve())})
     index.save(out)

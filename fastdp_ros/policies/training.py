@@ -80,6 +80,11 @@ class TrainResult:
     val_loss: float | None
     seconds: float
 
+    def summary(self) -> dict:
+        """What a builder returns for `fastdp train | distill` to log (cli/policy_options.log_summary)."""
+        return {"steps": self.steps, "seconds": self.seconds, "first_loss": self.first_loss,
+                "final_loss": self.final_loss, "val_loss": self.val_loss}
+
 
 def lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
     """Linear warm-up over `warmup` steps, then cosine decay to 0 at `total`."""
@@ -284,6 +289,8 @@ def train(
             if main and (done % settings.ckpt_every == 0 or done == settings.steps):
                 save_checkpoint(ckpt, model, ema, opt, done, {"settings": jsonable(asdict(settings))})
                 save_model(_eval_model(model, ema), done)
+        if distributed:  # every rank says what it did: a rank that never stepped would stall the others
+            log.info("rank %d of %d: %d optimizer steps", rank, world, len(running))
     finally:
         bar.close()
         if log_file is not None:

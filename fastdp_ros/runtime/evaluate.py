@@ -35,6 +35,8 @@ class EpisodeResult:
     policy_calls: int
     #: the task's scalar measurements at the episode's end (e.g. cube_goal_distance): why it failed
     final: dict = field(default_factory=dict)
+    #: model queries (sampler runs): policy_calls unless the policy acts between queries (LWD)
+    queries: int = 0
 
 
 @dataclass
@@ -50,6 +52,9 @@ class EvalReport:
     seeds: list[int]
     per_episode: list[dict] = field(default_factory=list)
     extra: dict = field(default_factory=dict)
+    #: mean model queries per episode, and what besides NFE the policy costs (Policy.cost_report)
+    queries_per_episode: float = float("nan")
+    costs: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -148,6 +153,8 @@ def evaluate_policy(policy, task: str, episodes: int, seed0: int = EVAL_SEED0, n
             seed = seed0 + i
             obs, info = env.reset(seed=seed)
             history = deque([observe(obs, info)] * spec.n_obs_steps, maxlen=spec.n_obs_steps)
+            policy.reset()
+            queries0 = policy.queries
             ret, steps, calls, success, done = 0.0, 0, 0, False, False
             while not done:
                 t0 = time.perf_counter()
@@ -168,7 +175,7 @@ def evaluate_policy(policy, task: str, episodes: int, seed0: int = EVAL_SEED0, n
                         break
             final = {k: float(v) for k, v in info.items()
                      if isinstance(v, (int, float, np.floating)) and not isinstance(v, bool)}
-            results.append(EpisodeResult(seed, success, ret, steps, calls, final))
+            results.append(EpisodeResult(seed, success, ret, steps, calls, final, policy.queries - queries0))
             if on_episode is not None:
                 on_episode(results[-1])
     finally:
@@ -182,4 +189,6 @@ def evaluate_policy(policy, task: str, episodes: int, seed0: int = EVAL_SEED0, n
         nfe=int(policy.nfe), latency_ms=latency_summary(latencies), n_action_steps=n_exec,
         seeds=[r.seed for r in results], per_episode=[asdict(r) for r in results],
         extra=sim_extra,
+        queries_per_episode=float(np.mean([r.queries for r in results])) if results else float("nan"),
+        costs=dict(policy.cost_report()),
     )

@@ -306,6 +306,9 @@ class PolicyRunner:
         return self.last_command
 
     def _reset_state(self, q, gripper, now):
+        reset = getattr(self.policy, "reset", None)
+        if callable(reset):  # a policy that keeps state between act() calls starts over (LWD's segment)
+            reset()
         first = self.filter.reset(q, gripper)
         self.buffer.clear(since=now)
         self.scheduler.clear()
