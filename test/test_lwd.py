@@ -1,0 +1,164 @@
+"""Latent Weight Diffusion: trains through `fastdp train`, queries once per segment, exports, refuses bad input."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fastdp_ros.cli.main import main
+from fastdp_ros.errors import ConfigError
+from fastdp_ros.nn.hypernet import functional_mlp, mlp_param_count
+from fastdp_ros.policies import load_policy
+from fastdp_ros.policies.lwd import LWDConfig, numpy_mlp
+from test_dp import H, make_dataset, obs_of
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+TINY = ["--segment-steps", "8", "--latent-dim", "4", "--policy-hidden", "16", "--hyper-hidden", "32",
+        "--encoder-hidden", "32", "--denoiser-hidden", "32", "--denoiser-layers", "2", "--feature-dim", "8",
+        "--num-keypoints", "4", "--crop-ratio", "1.0", "--latent-steps", "5", "--image-keys", "img_front",
+        "--n-obs-steps", "2", "--batch-size", "16", "--lr", "1e-3", "--warmup-steps", "5",
+        "--val-every", "1000000", "--ckpt-every", "1000000", "--threads", "1"]
+
+
+def train_cli(dataset, out, steps, *extra):
+    return main(["train", "--policy", "lwd", "--dataset", str(dataset), "--out", str(out), "--steps", str(steps),
+                 *TINY, *extra])
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("lwd")
+    ds = make_dataset(path / "ds")
+    assert train_cli(ds, path / "model", 500) == 0
+    torch.set_num_threads(threads)
+    return path / "model", ds
+
+
+def test_trained_policy_reads_the_observation_and_queries_once_per_segment(model):
+    out, _ = model
+    policy = load_policy(out, seed=0)
+    assert policy.policy_type == "lwd" and policy.nfe == 5
+    assert policy.spec.horizon == 3 and policy.spec.n_action_steps == 1
+    assert policy.cost_report() == {"steps_per_query": 8, "generated_policy_parameters": mlp_param_count((9, 16, 8))}
+    for sign in (1.0, -1.0):
+        policy.reset()
+        before = policy.queries
+        chunk = None
+        for _ in range(20):
+            chunk = policy.act(obs_of(sign))
+        assert policy.queries - before == 3  # steps 0, 8 and 16 query the latent diffusion
+        assert chunk.shape == (3, 8) and np.all(chunk == chunk[-1])
+        # the demonstrations' actions are the joints plus 0.1 * sign: the image says which sign
+        offset = chunk[-1, :7] - obs_of(sign)["joint_pos"][-1]
+        assert np.sign(offset.mean()) == sign, offset
+
+
+def test_query_every_shortens_the_segment_and_is_checked(model):
+    out, _ = model
+    policy = load_policy(out, query_every=4)
+    for _ in range(8):
+        policy.act(obs_of(1.0))
+    assert policy.queries == 2 and policy.cost_report()["steps_per_query"] == 4
+    with pytest.raises(ConfigError, match="query_every"):
+        load_policy(out, query_every=9)
+    with pytest.raises(ConfigError, match="unknown LWD run-time options"):
+        load_policy(out, sampler="ddim")
+
+
+def test_config_round_trips_and_the_build_option_is_not_stored(model):
+    out, _ = model
+    stored = json.loads((out / "config.json").read_text())["policy"]
+    assert "init_encoder" not in stored
+    assert LWDConfig.from_dict(stored).to_dict() == stored
+
+
+def test_onnxruntime_engine_matches_eager_and_counts_queries(model):
+    pytest.importorskip("onnxruntime")
+    from fastdp_ros.engines import load_engine_policy
+
+    out, _ = model
+    eager = load_policy(out, seed=5)
+    engine = load_engine_policy(out, backend="onnxruntime", seed=5, threads=1)
+    for step in range(10):
+        sign = 1.0 if step < 5 else -1.0
+        np.testing.assert_allclose(engine.act(obs_of(sign)), eager.act(obs_of(sign)), atol=1e-4)
+    assert engine.queries == eager.queries == 2
+    engine.reset()
+    engine.act(obs_of(1.0))
+    assert engine.queries == 3
+
+
+def test_generated_policy_exports_to_onnx(model, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    out, _ = model
+    policy = load_policy(out, seed=1)
+    params = policy._query(obs_of(1.0))
+    path = policy.export_generated_policy_onnx(tmp_path / "generated.onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    state = np.random.default_rng(0).uniform(-1, 1, (5, policy.model.layer_sizes[0])).astype(np.float32)
+    (onnx_out,) = session.run(None, {"state": state, "weights": params})
+    expected = numpy_mlp(state, params, policy.model.layer_sizes, policy.config.policy_activation)
+    np.testing.assert_allclose(onnx_out, expected, atol=1e-5)
+
+
+@settings(max_examples=25, deadline=None)
+@given(sizes=st.lists(st.integers(1, 6), min_size=2, max_size=4), activation=st.sampled_from(["mish", "relu", "tanh"]),
+       seed=st.integers(0, 2**16))
+def test_numpy_generated_policy_is_the_torch_one(sizes, activation, seed):
+    rng = np.random.default_rng(seed)
+    params = rng.normal(size=mlp_param_count(sizes)).astype(np.float32)
+    x = rng.normal(size=(3, sizes[0])).astype(np.float32)
+    expected = functional_mlp(torch.from_numpy(x), torch.from_numpy(params), sizes, activation).numpy()
+    np.testing.assert_allclose(numpy_mlp(x, params, tuple(sizes), activation), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_bad_input_is_refused_before_training(tmp_path, caplog):
+    ds = make_dataset(tmp_path / "ds", length=20)
+    cases = [
+        (["--lowdim-keys", ""], "reads low-dimensional observations"),
+        (["--segment-steps", "21"], "longer than every episode"),
+        (["--policy-hidden", "512,512"], "more than the bound"),
+        (["--policy-keys", "object_state"], "not among --lowdim-keys"),
+    ]
+    for i, (extra, message) in enumerate(cases):
+        out = tmp_path / f"out{i}"
+        caplog.clear()
+        # a flag given again after TINY's overrides it
+        assert main(["train", "--policy", "lwd", "--dataset", str(ds), "--out", str(out), "--steps", "5", *TINY,
+                     *extra]) == 2
+        assert message in caplog.text, (extra, caplog.text)
+        assert not out.exists()
+
+
+def test_image_encoder_starts_from_a_diffusion_policy(tmp_path, caplog):
+    from test_dp import train_tiny
+
+    teacher, _ = train_tiny(tmp_path, steps=2)
+    ds = tmp_path / "ds"  # train_tiny's dataset
+    out = tmp_path / "lwd"
+    # the tiny teacher's encoder has 16 features and 8 keypoints (test_dp.tiny_config)
+    assert main(["train", "--policy", "lwd", "--dataset", str(ds), "--out", str(out), "--steps", "2",
+                 "--init-encoder", str(teacher), *TINY, "--feature-dim", "16", "--num-keypoints", "8"]) == 0
+    provenance = json.loads((out / "config.json").read_text())["provenance"]
+    assert provenance["init_encoder"]["model"].endswith("model")
+    # an encoder of another shape is refused before training
+    bad = tmp_path / "bad"
+    assert main(["train", "--policy", "lwd", "--dataset", str(ds), "--out", str(bad), "--steps", "2",
+                 "--init-encoder", str(teacher), *TINY]) == 2
+    assert "does not fit" in caplog.text and not (bad / "model.safetensors").exists()
+
+
+def test_images_of_the_wrong_size_are_refused(model):
+    out, _ = model
+    policy = load_policy(out)
+    obs = obs_of(1.0)
+    obs["img_front"] = np.zeros((2, H + 1, H, 3), np.uint8)
+    with pytest.raises(ValueError, match="img_front"):
+        policy.act(obs)
