@@ -39,7 +39,7 @@ from torch import nn
 
 from fastdp_ros.errors import ConfigError, DatasetError, ModelFileError
 from fastdp_ros.nn import MLP, SmallCNN, SpatialSoftmaxPool
-from fastdp_ros.policies.base import BuildRequest, ExportGraph, Policy, flat_export_graph, register_policy
+from fastdp_ros.policies.base import BuildRequest, ExportGraph, Policy, flat_export_graph, obs_batch, register_policy
 from fastdp_ros.policies.config import PolicyConfig, option
 from fastdp_ros.policies.modeldir import WEIGHTS_FILE, load_model_dir, load_state_into, save_model_dir
 from fastdp_ros.policies.spec import PolicySpec, check_observation
@@ -522,12 +522,9 @@ class ALTPolicy(Policy):
             raise ModelFileError(f"the index in {path} uses metric {index.metric!r}; ALT needs cosine")
         return cls(spec, config, encoder, index, threshold, device=device)
 
-    def _tensors(self, obs: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-        return {k: torch.from_numpy(np.ascontiguousarray(v)).unsqueeze(0).to(self.device) for k, v in obs.items()}
-
     @torch.inference_mode()
     def _encode(self, obs: dict[str, np.ndarray]) -> np.ndarray:
-        return self.encoder.embed(self._tensors(obs))[0].cpu().numpy()
+        return self.encoder.embed(obs_batch(obs, self.device))[0].cpu().numpy()
 
     def _lookup(self, obs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         return self._lookup_embedding(self._encode(obs))

@@ -31,6 +31,11 @@ from fastdp_ros.policies.spec import PolicySpec, check_observation
 log = logging.getLogger(__name__)
 
 
+def obs_batch(obs: dict[str, np.ndarray], device: torch.device | str) -> dict[str, torch.Tensor]:
+    """One observation {key: (n_obs, ...)} as a batch of one {key: (1, n_obs, ...)} on `device`."""
+    return {k: torch.from_numpy(np.ascontiguousarray(v)).unsqueeze(0).to(device) for k, v in obs.items()}
+
+
 class Policy(abc.ABC):
     """Base class: subclasses implement `_encode`, `_act`, `from_model_dir` and `nfe`."""
 

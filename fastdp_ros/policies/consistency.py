@@ -38,7 +38,7 @@ from fastdp_ros.diffusion.schedules import karras_sigmas
 from fastdp_ros.errors import ConfigError, ModelFileError
 from fastdp_ros.nn import ConditionalUnet1D
 from fastdp_ros.nn.unet1d import SinusoidalPosEmb
-from fastdp_ros.policies.base import BuildRequest, Policy, register_policy
+from fastdp_ros.policies.base import BuildRequest, Policy, obs_batch, register_policy
 from fastdp_ros.policies.config import PolicyConfig, option
 from fastdp_ros.policies.distill import FrozenTrainMode, Teacher, distillation_windows, freeze, load_teacher
 from fastdp_ros.policies.dp import DiffusionPolicyConfig, DiffusionPolicyModel
@@ -417,9 +417,6 @@ class ConsistencyPolicy(Policy):
         spec, config, student, _ = load_student(path, cls.config_class)
         return cls(spec, config, student, steps=steps, seed=seed, device=device)
 
-    def _tensors(self, obs: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-        return {k: torch.from_numpy(np.ascontiguousarray(v)).unsqueeze(0).to(self.device) for k, v in obs.items()}
-
     def noise_shapes(self) -> dict[str, tuple[int, ...]]:
         shape = (1, self.spec.horizon, self.spec.action_dim)
         shapes = {"noise": shape}
@@ -429,12 +426,12 @@ class ConsistencyPolicy(Policy):
 
     @torch.inference_mode()
     def _encode(self, obs: dict[str, np.ndarray]) -> np.ndarray:
-        return self.graph.student.model.encode(self._tensors(obs))[0].cpu().numpy()
+        return self.graph.student.model.encode(obs_batch(obs, self.device))[0].cpu().numpy()
 
     @torch.inference_mode()
     def _act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         noise = [torch.randn(s, generator=self.generator, device=self.device) for s in self.noise_shapes().values()]
-        return self.graph(self._tensors(obs), *noise)[0].cpu().numpy()
+        return self.graph(obs_batch(obs, self.device), *noise)[0].cpu().numpy()
 
     def export_graph(self):
         """The whole act() step; inputs: the observation, `noise`, and `step_noise` when chained."""

@@ -41,7 +41,7 @@ from fastdp_ros.diffusion import (
 )
 from fastdp_ros.errors import ConfigError, ModelFileError
 from fastdp_ros.nn import ConditionalUnet1D, MultiImageObsEncoder
-from fastdp_ros.policies.base import BuildRequest, Policy, register_policy
+from fastdp_ros.policies.base import BuildRequest, Policy, obs_batch, register_policy
 from fastdp_ros.policies.config import PolicyConfig, option
 from fastdp_ros.policies.modeldir import load_model_dir, load_state_into
 from fastdp_ros.policies.spec import PolicySpec
@@ -355,12 +355,9 @@ class DiffusionPolicy(Policy):
         spec, config, model = build_model_from_files(files)
         return cls(spec, config, model, sampler=sampler, steps=steps, seed=seed, device=device)
 
-    def _tensors(self, obs: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-        return {k: torch.from_numpy(np.ascontiguousarray(v)).unsqueeze(0).to(self.device) for k, v in obs.items()}
-
     @torch.inference_mode()
     def _encode(self, obs: dict[str, np.ndarray]) -> np.ndarray:
-        return self.model.encode(self._tensors(obs))[0].cpu().numpy()
+        return self.model.encode(obs_batch(obs, self.device))[0].cpu().numpy()
 
     @torch.inference_mode()
     def _act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
@@ -370,7 +367,7 @@ class DiffusionPolicy(Policy):
         sampler = self.graph.loop.sampler
         if getattr(sampler, "stochastic", False):
             step_noise = torch.randn((sampler.num_steps, *shape), generator=self.generator, device=self.device)
-        return self.graph(self._tensors(obs), noise, step_noise)[0].cpu().numpy()
+        return self.graph(obs_batch(obs, self.device), noise, step_noise)[0].cpu().numpy()
 
     def export_graph(self):
         """The whole act() step (preprocessing, encoder, every sampler step, unnormalization).

@@ -38,7 +38,7 @@ from fastdp_ros.errors import ConfigError, DatasetError, ModelFileError
 from fastdp_ros.nn import MultiImageObsEncoder, SinusoidalPosEmb
 from fastdp_ros.nn.hypernet import HyperNetwork, functional_mlp, mlp_param_count
 from fastdp_ros.nn.mlp import MLP
-from fastdp_ros.policies.base import BuildRequest, Policy, flat_export_graph, register_policy
+from fastdp_ros.policies.base import BuildRequest, Policy, flat_export_graph, obs_batch, register_policy
 from fastdp_ros.policies.config import PolicyConfig, option
 from fastdp_ros.policies.dp import ObsPreprocessor, demonstration_episodes, make_spec_from_dataset
 from fastdp_ros.policies.modeldir import load_model_dir, load_state_into, save_model_dir
@@ -346,19 +346,16 @@ class LWDPolicy(Policy):
         load_state_into(model, files.state_dict, files.path)
         return cls(spec, config, model, steps=steps, seed=seed, device=device, query_every=query_every)
 
-    def _tensors(self, obs: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-        return {k: torch.from_numpy(np.ascontiguousarray(v)).unsqueeze(0).to(self.device) for k, v in obs.items()}
-
     @torch.inference_mode()
     def _encode(self, obs: dict[str, np.ndarray]) -> np.ndarray:
-        return self.model.encode(self._tensors(obs))[0].cpu().numpy()
+        return self.model.encode(obs_batch(obs, self.device))[0].cpu().numpy()
 
     def _noise(self) -> torch.Tensor:
         return torch.randn((1, self.config.latent_dim), generator=self.generator, device=self.device)
 
     @torch.inference_mode()
     def _query(self, obs: dict[str, np.ndarray]) -> np.ndarray:
-        return self.graph(self._tensors(obs), self._noise())[0].float().cpu().numpy()
+        return self.graph(obs_batch(obs, self.device), self._noise())[0].float().cpu().numpy()
 
     def _act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         return self.act_through(obs, self._query)

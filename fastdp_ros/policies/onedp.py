@@ -32,7 +32,7 @@ from torch import nn
 
 from fastdp_ros.diffusion import DDPMSampler
 from fastdp_ros.errors import ConfigError, ModelFileError
-from fastdp_ros.policies.base import BuildRequest, Policy, register_policy
+from fastdp_ros.policies.base import BuildRequest, Policy, obs_batch, register_policy
 from fastdp_ros.policies.config import PolicyConfig, option
 from fastdp_ros.policies.distill import FrozenTrainMode, Teacher, distillation_windows, freeze, load_teacher, trainable
 from fastdp_ros.policies.dp import DiffusionPolicyConfig, DiffusionPolicyModel
@@ -249,9 +249,6 @@ class OneDPPolicy(Policy):
         load_state_into(generator.model, files.state_dict, files.path)
         return cls(spec, config, generator, seed=seed, device=device)
 
-    def _tensors(self, obs: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-        return {k: torch.from_numpy(np.ascontiguousarray(v)).unsqueeze(0).to(self.device) for k, v in obs.items()}
-
     def noise(self) -> torch.Tensor | None:
         """The generator's z: standard normal for OneDP-S, none (z = 0) for OneDP-D."""
         if self.config.variant == "d":
@@ -261,11 +258,11 @@ class OneDPPolicy(Policy):
 
     @torch.inference_mode()
     def _encode(self, obs: dict[str, np.ndarray]) -> np.ndarray:
-        return self.graph.generator.model.encode(self._tensors(obs))[0].cpu().numpy()
+        return self.graph.generator.model.encode(obs_batch(obs, self.device))[0].cpu().numpy()
 
     @torch.inference_mode()
     def _act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
-        return self.graph(self._tensors(obs), self.noise())[0].cpu().numpy()
+        return self.graph(obs_batch(obs, self.device), self.noise())[0].cpu().numpy()
 
     def export_graph(self):
         """The whole act() step (preprocessing, encoder, the one network evaluation, clipping,

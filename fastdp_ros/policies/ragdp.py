@@ -40,7 +40,7 @@ from torch import nn
 
 from fastdp_ros.diffusion import FixedStepSampler
 from fastdp_ros.errors import ConfigError, DatasetError, ModelFileError
-from fastdp_ros.policies.base import BuildRequest, Policy, policies_with, policy_entry, register_policy
+from fastdp_ros.policies.base import BuildRequest, Policy, obs_batch, policies_with, policy_entry, register_policy
 from fastdp_ros.policies.config import PolicyConfig, option
 from fastdp_ros.policies.modeldir import WEIGHTS_FILE, ModelFiles, load_model_dir, model_hash, save_model_dir
 from fastdp_ros.policies.spec import PolicySpec
@@ -281,12 +281,9 @@ class RAGDPPolicy(Policy):
             raise ConfigError(f"k={config.k} exceeds the {len(index)} indexed frames")
         return cls(base, index, config, seed=seed, device=device)
 
-    def _tensors(self, obs: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-        return {k: torch.from_numpy(np.ascontiguousarray(v)).unsqueeze(0).to(self.device) for k, v in obs.items()}
-
     @torch.inference_mode()
     def _encode(self, obs: dict[str, np.ndarray]) -> np.ndarray:
-        return self.model.encode(self._tensors(obs))[0].cpu().numpy()
+        return self.model.encode(obs_batch(obs, self.device))[0].cpu().numpy()
 
     def _choose(self, ids: np.ndarray) -> int:
         valid = ids[ids >= 0]
@@ -298,7 +295,7 @@ class RAGDPPolicy(Policy):
 
     @torch.inference_mode()
     def _act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
-        tensors = self._tensors(obs)
+        tensors = obs_batch(obs, self.device)
         cond = self.model.encode(tensors)
         found = self.index.search(cond.float().cpu().numpy(), self.config.k)
         row = self._choose(found.ids[0])
