@@ -162,3 +162,25 @@ def test_images_of_the_wrong_size_are_refused(model):
     obs["img_front"] = np.zeros((2, H + 1, H, 3), np.uint8)
     with pytest.raises(ValueError, match="img_front"):
         policy.act(obs)
+
+
+def test_runs_closed_loop_in_the_simulation_through_the_runner(model, tmp_path):
+    """`fastdp run` (the runner the ROS policy node shares): one query per segment, the generated
+    policy on every step in between."""
+    out, _ = model
+    stats_path = tmp_path / "stats.json"
+    assert main(["run", str(out), "--duration", "2", "--stats", str(stats_path), "--no-status", "--threads", "1",
+                 "--camera-rate", "10"]) == 0
+    stats = json.loads(stats_path.read_text())
+    assert stats["policy_type"] == "lwd" and stats["ticks"] > 0
+    assert stats["inference"]["completed"] > 0
+
+
+def test_bench_times_the_calls_that_query_apart(model):
+    from fastdp_ros.engines.bench import bench_one
+
+    out, _ = model
+    (row,) = bench_one(out, "torch", calls=40, warmup=0)
+    assert row.error is None and row.costs["steps_per_query"] == 8
+    assert row.costs["timed_queries"] == 5  # calls 0, 8, 16, 24, 32
+    assert row.costs["query_p99_ms"] >= row.latency_ms["p50"]

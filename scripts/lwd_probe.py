@@ -1,0 +1,128 @@
+#!/usr/bin/env python
+"""Where an LWD model loses: the generated policies (VAE) or the latent diffusion (prior).
+
+1. Open loop, on demonstration segments (training and held-out episodes): the normalized action
+   error of the generated policy fed the recorded states, with the weights written from
+   - the trajectory encoder's posterior mean of the segment itself (what the VAE can express),
+   - a latent sampled by the latent diffusion from the segment's first observation (run time),
+   - another segment's posterior (a wrong plan), and the zero latent (the prior's mean);
+   with the distance of the sampled latent to the posterior mean beside the latents' spread.
+2. Closed loop in the simulation, from the demonstrations' own seeds (their first state): the
+   posterior latents of the recorded segments (an oracle of the latent diffusion: the best it
+   could do with this VAE) against the model itself (the latent diffusion's own latents).
+
+    python scripts/lwd_probe.py models/push_lwd --dataset data/push --episodes 30 --out bench/lwd_probe.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import torch
+
+from fastdp_ros.data import ReplayBuffer, split_episodes
+from fastdp_ros.diffusion import FixedStepSampler
+from fastdp_ros.nn.hypernet import functional_mlp
+from fastdp_ros.policies import load_policy
+from fastdp_ros.policies.lwd import SegmentDataset
+from fastdp_ros.runtime.evaluate import evaluate_policy
+from fastdp_ros.runtime.gym_env import success_of
+from fastdp_ros.sim import make_env
+
+
+def open_loop(policy, buffer, episodes, segments: int, seed: int) -> dict:
+    model, config = policy.model, policy.config
+    data = SegmentDataset(buffer, policy.spec, config.segment_steps, model.policy_keys, episodes)
+    rows = np.random.default_rng(seed).choice(len(data), min(segments, len(data)), replace=False)
+    batch = torch.utils.data.default_collate([data[int(i)] for i in rows])
+    torch.manual_seed(seed)
+    with torch.inference_mode():
+        action = batch["action"].float()
+        b, k = action.shape[:2]
+        state = model.policy_state(batch["segment"], torch.arange(k).float().expand(b, k) / k)
+        target = model.normalize_action(action, None)
+        mu, _ = model.trajectory_encoder(torch.cat([state, target], -1).flatten(1)).chunk(2, -1)
+        prior = FixedStepSampler(model.denoiser, model.make_sampler(None))(
+            model.encode(batch["obs"]), torch.randn(b, config.latent_dim))
+
+        def error(z):
+            pred = functional_mlp(state, model.hypernet(z), model.layer_sizes, config.policy_activation)
+            return float(((pred - target) ** 2).mean())
+
+        return {"segments": int(b), "mse_posterior": error(mu), "mse_prior": error(prior),
+                "mse_other_segment": error(mu.roll(1, dims=0)), "mse_zero_latent": error(torch.zeros_like(mu)),
+                "prior_to_posterior": float((prior - mu).norm(dim=-1).mean()),
+                "posterior_spread": float((mu - mu.mean(0)).norm(dim=-1).mean())}
+
+
+def oracle_closed_loop(policy, buffer, episodes, max_steps: int) -> float:
+    """Success of the generated policies written from the recorded segments' posterior means."""
+    model, config = policy.model, policy.config
+    k = config.segment_steps
+    ends = np.asarray(buffer.episode_ends[:])
+    starts = np.concatenate([[0], ends[:-1]])
+    seeds = buffer.episode_meta("episode_seed")
+    env = make_env(buffer.attrs["task"], image_size=tuple(policy.spec.image_shape[:2]), cameras=("front",),
+                   control_dt=policy.spec.dt, render=False)  # the generated policy reads no camera
+    successes = 0
+    for e in episodes:
+        lo, hi = int(starts[e]), int(ends[e])
+        recorded = {key: np.asarray(buffer[key][lo:hi]) for key in (*model.policy_keys, policy.spec.action_key)}
+        obs, _ = env.reset(seed=int(seeds[e]))
+        success, params = False, None
+        for t in range(max_steps):
+            if t % k == 0:
+                rows = np.clip(np.arange(t, t + k), 0, hi - lo - 1)
+                segment = {key: torch.from_numpy(recorded[key][rows][None]).float() for key in model.policy_keys}
+                with torch.inference_mode():
+                    state = model.policy_state(segment, torch.arange(k).float()[None] / k)
+                    target = model.normalize_action(
+                        torch.from_numpy(recorded[policy.spec.action_key][rows][None]).float(), None)
+                    mu, _ = model.trajectory_encoder(torch.cat([state, target], -1).flatten(1)).chunk(2, -1)
+                    params = model.hypernet(mu)[0].numpy()
+            current = {key: np.asarray(obs[key], np.float32)[None] for key in model.policy_keys}
+            obs, _, terminated, truncated, info = env.step(policy.generated_action(current, params, t % k))
+            success = success or success_of(info)
+            if terminated or truncated:
+                break
+        successes += success
+    env.close()
+    return successes / max(len(episodes), 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("model")
+    parser.add_argument("--dataset", default="data/push")
+    parser.add_argument("--episodes", type=int, default=30, help="demonstrations rolled out closed loop")
+    parser.add_argument("--segments", type=int, default=64, help="segments per open-loop measurement")
+    parser.add_argument("--max-steps", type=int, default=120)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    policy = load_policy(args.model, seed=args.seed)
+    if policy.model.relative_dims:
+        raise SystemExit("lwd_probe: models with --relative-to are not supported")
+    buffer = ReplayBuffer.open(args.dataset)
+    train, val = split_episodes(len(buffer.episode_ends[:]), val_ratio=0.05, seed=args.seed)
+    report = {"model": args.model, "open_loop_train": open_loop(policy, buffer, train, args.segments, args.seed),
+              "open_loop_held_out": open_loop(policy, buffer, val, args.segments, args.seed)}
+    demos = list(range(args.episodes))
+    if not np.array_equal(buffer.episode_meta("episode_seed")[:args.episodes], demos):
+        raise SystemExit("lwd_probe: the dataset's first episodes were not recorded from seeds 0, 1, ...")
+    report["closed_loop_demo_seeds"] = {
+        "episodes": len(demos),
+        "posterior_latents": oracle_closed_loop(policy, buffer, demos, args.max_steps),
+        "latent_diffusion": evaluate_policy(policy, buffer.attrs["task"], len(demos), seed0=0,
+                                            show_progress=False).success_rate}
+    print(json.dumps(report, indent=2))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(report, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
