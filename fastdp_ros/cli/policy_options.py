@@ -90,8 +90,16 @@ def add_config_flags(parser: argparse.ArgumentParser, config_cls, title: str, sk
         default = field.default if field.default is not dataclasses.MISSING else (
             field.default_factory() if field.default_factory is not dataclasses.MISSING else None)
         help_text = (meta.get("help") or "").replace("%", "%%")
+        is_const = meta.get("const", dataclasses.MISSING) is not dataclasses.MISSING
+        if is_const:  # a switch: its stored default means "off"
+            help_text += "%(default).0s"
+        elif isinstance(default, tuple) or default == "":
+            # shown as typed on the command line ("64,64", ''), not as Python's repr; the empty
+            # "%(default).0s" tells ArgumentDefaultsHelpFormatter the default is already there
+            shown = ",".join(str(v) for v in default) if default else "''"
+            help_text = f"{help_text} (default: {shown})%(default).0s".lstrip()
         dest = f"cfg_{field.name}"
-        if meta.get("const", dataclasses.MISSING) is not dataclasses.MISSING:
+        if is_const:
             group.add_argument(_flag(field), dest=dest, action="store_const", const=meta["const"], default=default,
                                help=help_text or None)
         elif tp is bool:
