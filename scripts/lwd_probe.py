@@ -104,8 +104,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     policy = load_policy(args.model, seed=args.seed)
-    if policy.model.relative_dims:
-        raise SystemExit("lwd_probe: models with --relative-to are not supported")
+    if policy.model.relative_dims or policy.config.camera_inputs:
+        raise SystemExit("lwd_probe: models with --relative-to or --camera-inputs are not supported")
     buffer = ReplayBuffer.open(args.dataset)
     train, val = split_episodes(len(buffer.episode_ends[:]), val_ratio=0.05, seed=args.seed)
     report = {"model": args.model, "open_loop_train": open_loop(policy, buffer, train, args.segments, args.seed),

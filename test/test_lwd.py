@@ -154,6 +154,29 @@ def test_image_encoder_starts_from_a_diffusion_policy(tmp_path, caplog):
                  "--init-encoder", str(teacher), *TINY]) == 2
     assert "does not fit" in caplog.text and not (bad / "model.safetensors").exists()
 
+    # --camera-inputs: the generated policy also reads the current frame's features, from the
+    # teacher's encoder frozen; without an encoder to freeze it is refused before training
+    assert main(["train", "--policy", "lwd", "--dataset", str(ds), "--out", str(tmp_path / "cam0"), "--steps", "2",
+                 "--camera-inputs", *TINY]) == 2
+    assert "--init-encoder" in caplog.text and not (tmp_path / "cam0").exists()
+    cam = tmp_path / "cam"
+    assert main(["train", "--policy", "lwd", "--dataset", str(ds), "--out", str(cam), "--steps", "20",
+                 "--init-encoder", str(teacher), "--camera-inputs", *TINY, "--feature-dim", "16",
+                 "--num-keypoints", "8"]) == 0
+    policy = load_policy(cam)
+    teacher_state = load_policy(teacher).model.obs_encoder.state_dict()
+    for name, value in policy.model.obs_encoder.state_dict().items():
+        torch.testing.assert_close(value.float(), teacher_state[name].float(), msg=name)  # frozen
+    frame_dim = policy.model.frame_dim
+    assert policy.model.layer_sizes[0] == 7 + 1 + frame_dim + 1  # joints, gripper, features, phase
+    chunks = [policy.act(obs_of(1.0)) for _ in range(9)]
+    assert policy.queries == 2 and np.all(np.isfinite(chunks))
+    # the features the generated policy reads are the current frame's: another image, another action
+    params = policy._params
+    a = policy.generated_action(obs_of(1.0), params, 0, policy._frame_features(obs_of(1.0)))
+    b = policy.generated_action(obs_of(1.0), params, 0, policy._frame_features(obs_of(-1.0)))
+    assert not np.allclose(a, b)
+
 
 def test_images_of_the_wrong_size_are_refused(model):
     out, _ = model

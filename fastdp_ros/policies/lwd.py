@@ -61,6 +61,11 @@ class LWDConfig(PolicyConfig):
     policy_keys: tuple[str, ...] = option(
         (), help="low-dimensional keys the generated policy reads (empty: every --lowdim-keys key)")
     phase_input: bool = option(True, help="the generated policy also reads its step within the segment (k / K)")
+    # the paper's small policies read proprioception only, so one latent has to carry where the
+    # object is; with this on, the current frame's features (a frozen encoder) tell the policy
+    camera_inputs: bool = option(False, help="the generated policy also reads the current frame's observation "
+                                             "features; the observation encoder (--init-encoder) is then frozen and "
+                                             "its features computed once per dataset frame")
     policy_activation: str = option("mish", choices=ACTIVATIONS, help="activation of the generated policy")
     max_policy_params: int = option(50_000, help="bound on the generated policy's parameters (the hypernetwork's "
                                                  "output grows with it)")
@@ -114,9 +119,10 @@ class LWDConfig(PolicyConfig):
                               f"{self.max_policy_params}")
 
 
-def policy_layer_sizes(config: LWDConfig, state_dim: int, action_dim: int) -> tuple[int, ...]:
+def policy_layer_sizes(config: LWDConfig, state_dim: int, action_dim: int, feature_dim: int = 0) -> tuple[int, ...]:
     """[in, hidden..., out] of the generated policy; a ConfigError when it exceeds the bound."""
-    sizes = (state_dim + int(config.phase_input), *config.policy_hidden, action_dim)
+    sizes = (state_dim + int(config.phase_input) + (feature_dim if config.camera_inputs else 0),
+             *config.policy_hidden, action_dim)
     count = mlp_param_count(sizes)
     if count > config.max_policy_params:
         raise ConfigError(f"the generated policy {list(sizes)} has {count} parameters, more than the bound "
@@ -163,13 +169,16 @@ class LWDModel(nn.Module):
         self.cond_dim = self.obs_encoder.output_dim * spec.n_obs_steps
         self.policy_keys = tuple(config.policy_keys) or tuple(spec.lowdim_dims)
         self.state_dim = sum(spec.lowdim_dims[k] for k in self.policy_keys)
-        self.layer_sizes = policy_layer_sizes(config, self.state_dim, spec.action_dim)
+        #: features of one frame (what camera_inputs adds to the generated policy's input)
+        self.frame_dim = self.obs_encoder.output_dim
+        self.layer_sizes = policy_layer_sizes(config, self.state_dim, spec.action_dim, self.frame_dim)
         self.relative_dims = min(spec.lowdim_dims[config.relative_to], spec.action_dim) if config.relative_to else 0
         a_scale, a_offset = norm.scale_offset(spec.action_key)
         self.register_buffer("action_scale", torch.as_tensor(a_scale, dtype=torch.float32))
         self.register_buffer("action_offset", torch.as_tensor(a_offset, dtype=torch.float32))
         k = config.segment_steps
-        self.trajectory_encoder = MLP(k * (self.layer_sizes[0] + spec.action_dim),
+        state_in = self.state_dim + int(config.phase_input)  # the segment's states, without camera features
+        self.trajectory_encoder = MLP(k * (state_in + spec.action_dim),
                                       [config.encoder_hidden] * 2, 2 * config.latent_dim)
         self.hypernet = HyperNetwork(config.latent_dim, self.layer_sizes, hidden=config.hyper_hidden,
                                      num_hidden_layers=config.hyper_layers, target_activation=config.policy_activation)
@@ -190,6 +199,14 @@ class LWDModel(nn.Module):
         if self.config.phase_input:
             parts.append(phase.unsqueeze(-1) * 2.0 - 1.0)
         return torch.cat(parts, dim=-1)
+
+    def policy_input(self, state: torch.Tensor, features: torch.Tensor | None) -> torch.Tensor:
+        """The generated policy's input: `state` (policy_state) with the frame features before the phase."""
+        if not self.config.camera_inputs:
+            return state
+        if self.config.phase_input:
+            return torch.cat([state[..., :-1], features.to(state.dtype), state[..., -1:]], dim=-1)
+        return torch.cat([state, features.to(state.dtype)], dim=-1)
 
     def normalize_action(self, action: torch.Tensor, reference: torch.Tensor | None) -> torch.Tensor:
         if self.relative_dims:
@@ -228,12 +245,12 @@ class LWDModel(nn.Module):
         mu, logvar = stats.chunk(2, dim=-1)
         logvar = logvar.clamp(-10.0, 4.0)
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
-        noisy = state
+        noisy = self.policy_input(state, batch.get("features"))
         if self.training and cfg.state_noise > 0:
-            noise = torch.randn_like(state) * cfg.state_noise
+            noise = torch.randn_like(noisy) * cfg.state_noise
             if cfg.phase_input:  # the step within the segment is known exactly
                 noise[..., -1] = 0.0
-            noisy = state + noise
+            noisy = noisy + noise
         pred = functional_mlp(noisy, self.hypernet(z), self.layer_sizes, cfg.policy_activation)
         recon = nn.functional.mse_loss(pred, target)
         kl = (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(-1)).mean()
@@ -241,7 +258,9 @@ class LWDModel(nn.Module):
         z0 = mu.detach()
         noise = torch.randn_like(z0)
         t = self.train_sampler.sample_timesteps(b, device=z0.device)
-        eps = self.denoiser(self.train_sampler.add_noise(z0, noise, t), t, self.encode(batch["obs"]))
+        # with a frozen encoder the condition was computed once per frame (SegmentDataset features)
+        cond = batch["cond"].float() if "cond" in batch else self.encode(batch["obs"])
+        eps = self.denoiser(self.train_sampler.add_noise(z0, noise, t), t, cond)
         diffusion = nn.functional.mse_loss(eps, noise)
         loss = recon + cfg.kl_weight * kl + cfg.diffusion_weight * diffusion
         return {"loss": loss, "recon": recon, "kl": kl, "diffusion": diffusion}
@@ -320,8 +339,10 @@ class LWDPolicy(Policy):
         return mlp_param_count(self.model.layer_sizes)
 
     def cost_report(self) -> dict:
-        return {"steps_per_query": self.query_every,
-                "generated_policy_parameters": self.generated_policy_parameters}
+        costs = {"steps_per_query": self.query_every, "generated_policy_parameters": self.generated_policy_parameters}
+        if self.config.camera_inputs:  # the observation encoder runs on every step too
+            costs["per_step_encoder_parameters"] = sum(p.numel() for p in self.model.obs_encoder.parameters())
+        return costs
 
     def reset(self) -> None:
         self._params, self._step = None, 0
@@ -367,14 +388,24 @@ class LWDPolicy(Policy):
             self._params = np.asarray(run_graph(obs), dtype=np.float32).reshape(-1)
             self._step = 0
             self.n_queries += 1
-        action = self.generated_action(obs, self._params, self._step)
+        features = self._frame_features(obs) if self.config.camera_inputs else None
+        action = self.generated_action(obs, self._params, self._step, features)
         self._step += 1
         return np.repeat(action[None], self.spec.horizon, axis=0)
 
-    def generated_action(self, obs: dict[str, np.ndarray], params: np.ndarray, step: int) -> np.ndarray:
-        """The generated policy's action (robot units) for the last frame of `obs` at segment step `step`."""
+    @torch.inference_mode()
+    def _frame_features(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        """The frozen encoder's features of the current frame (eager: a small CNN per step)."""
+        return self.model.encode(obs_batch(obs, self.device))[0, -self.model.frame_dim:].float().cpu().numpy()
+
+    def generated_action(self, obs: dict[str, np.ndarray], params: np.ndarray, step: int,
+                         features: np.ndarray | None = None) -> np.ndarray:
+        """The generated policy's action (robot units) for the last frame of `obs` at segment step `step`
+        (`features`: the current frame's, with camera_inputs)."""
         parts = [obs[key][-1].astype(np.float32) * self._affine[key][0] + self._affine[key][1]
                  for key in self.model.policy_keys]
+        if self.config.camera_inputs:
+            parts.append(np.asarray(features, np.float32))
         if self.config.phase_input:
             parts.append(np.array([2.0 * step / self.config.segment_steps - 1.0], np.float32))
         naction = numpy_mlp(np.concatenate(parts), params, self.model.layer_sizes, self.config.policy_activation)
@@ -423,13 +454,17 @@ class SegmentDataset(torch.utils.data.Dataset):
     generated policy's low-dimensional inputs and the actions over the K steps (edge-padded at
     an episode's end, where the demonstration holds its last action)."""
 
-    def __init__(self, buffer, spec: PolicySpec, segment_steps: int, policy_keys: tuple[str, ...], episodes):
+    def __init__(self, buffer, spec: PolicySpec, segment_steps: int, policy_keys: tuple[str, ...], episodes,
+                 features: np.ndarray | None = None):
         from fastdp_ros.data import WindowDataset
 
         n_obs = spec.n_obs_steps
-        self.windows = WindowDataset(buffer, list(spec.obs_keys), spec.action_key, n_obs, n_obs - 1 + segment_steps,
-                                     segment_steps, episodes=episodes)
         self.policy_keys = tuple(dict.fromkeys(policy_keys))
+        # with per-frame features (a frozen encoder), no image is read
+        obs_keys = list(spec.obs_keys) if features is None else list(self.policy_keys)
+        self.windows = WindowDataset(buffer, obs_keys, spec.action_key, n_obs, n_obs - 1 + segment_steps,
+                                     segment_steps, episodes=episodes)
+        self.features = features
         self.k, self.n_obs = segment_steps, n_obs
 
     def __len__(self) -> int:
@@ -440,7 +475,13 @@ class SegmentDataset(torch.utils.data.Dataset):
         item = w[i]
         segment = {key: w.sampler.sample(w._arrays[key], i, self.n_obs - 1, self.k).astype(np.float32)
                    for key in self.policy_keys}
-        return {"obs": item["obs"], "segment": segment, "action": item["action"][self.n_obs - 1:].astype(np.float32)}
+        out = {"segment": segment, "action": item["action"][self.n_obs - 1:].astype(np.float32)}
+        if self.features is None:
+            out["obs"] = item["obs"]
+        else:
+            out["features"] = w.sampler.sample(self.features, i, self.n_obs - 1, self.k)
+            out["cond"] = w.sampler.sample(self.features, i, 0, self.n_obs).reshape(-1)
+        return out
 
 
 def fit_lwd_normalizer(buffer, spec: PolicySpec, relative_to: str):
@@ -505,10 +546,18 @@ def train_lwd(request: BuildRequest) -> dict:
     provenance = {"dataset": os.path.abspath(request.dataset), "dataset_fingerprint": dataset_fingerprint(buffer)}
     if config.init_encoder:
         provenance["init_encoder"] = load_encoder_from(model, config.init_encoder)
+    features = None
+    if config.camera_inputs:
+        if not config.init_encoder:
+            raise ConfigError("--camera-inputs freezes the observation encoder: give the Diffusion Policy it comes "
+                              "from with --init-encoder")
+        model.obs_encoder.requires_grad_(False)
+        features = frame_features(model, buffer, spec)
     tr, va = split_episodes(len(episodes), val_ratio=0.05 if len(episodes) > 1 else 0.0, seed=settings.seed)
     policy_keys = model.policy_keys + ((config.relative_to,) if config.relative_to else ())
-    train_set = SegmentDataset(buffer, spec, config.segment_steps, policy_keys, episodes[tr])
-    val_set = SegmentDataset(buffer, spec, config.segment_steps, policy_keys, episodes[va]) if len(va) else None
+    train_set = SegmentDataset(buffer, spec, config.segment_steps, policy_keys, episodes[tr], features)
+    val_set = SegmentDataset(buffer, spec, config.segment_steps, policy_keys, episodes[va], features) \
+        if len(va) else None
     n_params = sum(p.numel() for p in model.parameters())
     log.info("LWD: %.2fM parameters in training; the generated policy %s has %d; %d segments of %d steps from %d "
              "episodes", n_params / 1e6, list(model.layer_sizes), mlp_param_count(model.layer_sizes), len(train_set),
@@ -526,6 +575,20 @@ def train_lwd(request: BuildRequest) -> dict:
     return {"steps": result.steps, "seconds": result.seconds, "first_loss": result.first_loss,
             "final_loss": result.final_loss, "val_loss": result.val_loss,
             "generated_policy_parameters": mlp_param_count(model.layer_sizes)}
+
+
+@torch.no_grad()
+def frame_features(model: LWDModel, buffer, spec: PolicySpec, batch: int = 256) -> np.ndarray:
+    """The (frozen) observation encoder's features of every frame of `buffer` (N, frame_dim), as at run time."""
+    encoder = model.obs_encoder.eval()
+    n = int(np.asarray(buffer.episode_ends[:])[-1])
+    out = np.empty((n, model.frame_dim), np.float32)
+    for lo in range(0, n, batch):
+        hi = min(lo + batch, n)
+        obs = {k: torch.from_numpy(np.asarray(buffer[k][lo:hi]))[:, None] for k in spec.obs_keys}
+        out[lo:hi] = encoder(model.preprocess(obs))[:, 0].float().numpy()
+    log.info("LWD: features of %d frames from the frozen observation encoder", n)
+    return out
 
 
 def load_encoder_from(model: LWDModel, path: str | os.PathLike) -> dict:
