@@ -162,25 +162,31 @@ class ObsPreprocessor(nn.Module):
         return out
 
 
+def make_obs_encoder(spec: PolicySpec, config) -> MultiImageObsEncoder:
+    """The observation encoder of `spec`'s cameras and low-dim keys, from a config's backbone, pool,
+    feature_dim, num_keypoints, crop_ratio (and share_backbone, where it has one)."""
+    h, w, c = spec.image_shape
+    crop = None
+    if spec.image_keys and config.crop_ratio < 1.0:
+        crop = (max(8, int(round(h * config.crop_ratio))), max(8, int(round(w * config.crop_ratio))))
+    return MultiImageObsEncoder(
+        # a low-dimensional policy has no cameras; the encoder then ignores image_shape
+        image_keys=spec.image_keys, image_shape=(c, h, w) if spec.image_keys else (1, 1, 1),
+        lowdim_keys_dims=spec.lowdim_dims, backbone=config.backbone, pool=config.pool,
+        share_backbone=getattr(config, "share_backbone", False), feature_dim=config.feature_dim, crop_shape=crop,
+        num_keypoints=config.num_keypoints,
+    )
+
+
 class DiffusionPolicyModel(nn.Module):
     """Encoder + noise-prediction U-Net + action normalization, with the training loss."""
 
     def __init__(self, spec: PolicySpec, config: DiffusionPolicyConfig, normalizer: dict):
         super().__init__()
         self.spec, self.config = spec, config
-        scale, offset = _affine_from_normalizer(normalizer, list(spec.lowdim_dims) + [spec.action_key])
+        scale, offset = affine_from_normalizer(normalizer, list(spec.lowdim_dims) + [spec.action_key])
         self.preprocess = ObsPreprocessor(spec, scale, offset)
-        h, w, c = spec.image_shape
-        crop = None
-        if spec.image_keys and config.crop_ratio < 1.0:
-            crop = (max(8, int(round(h * config.crop_ratio))), max(8, int(round(w * config.crop_ratio))))
-        self.obs_encoder = MultiImageObsEncoder(
-            # a low-dimensional policy has no cameras; the encoder then ignores image_shape
-            image_keys=spec.image_keys, image_shape=(c, h, w) if spec.image_keys else (1, 1, 1),
-            lowdim_keys_dims=spec.lowdim_dims,
-            backbone=config.backbone, pool=config.pool, share_backbone=config.share_backbone,
-            feature_dim=config.feature_dim, crop_shape=crop, num_keypoints=config.num_keypoints,
-        )
+        self.obs_encoder = make_obs_encoder(spec, config)
         self.cond_dim = self.obs_encoder.output_dim * spec.n_obs_steps
         self.unet = ConditionalUnet1D(
             input_dim=spec.action_dim, global_cond_dim=self.cond_dim,
@@ -387,7 +393,7 @@ class DiffusionPolicy(Policy):
                                  lowdim_affine=self.model.preprocess.affine())
 
 
-def _affine_from_normalizer(normalizer: dict, keys: list[str]) -> tuple[dict, dict]:
+def affine_from_normalizer(normalizer: dict, keys: list[str]) -> tuple[dict, dict]:
     from fastdp_ros.data import Normalizer
 
     norm = Normalizer.from_dict(normalizer)

@@ -35,12 +35,14 @@ from torch import nn
 
 from fastdp_ros.diffusion import DDIMSampler, DDPMSampler, FixedStepSampler
 from fastdp_ros.errors import ConfigError, DatasetError, ModelFileError
-from fastdp_ros.nn import MultiImageObsEncoder, SinusoidalPosEmb
+from fastdp_ros.nn import SinusoidalPosEmb
 from fastdp_ros.nn.hypernet import HyperNetwork, functional_mlp, mlp_param_count
 from fastdp_ros.nn.mlp import MLP
 from fastdp_ros.policies.base import BuildRequest, Policy, flat_export_graph, obs_batch, register_policy
 from fastdp_ros.policies.config import PolicyConfig, option
-from fastdp_ros.policies.dp import ObsPreprocessor, demonstration_episodes, make_spec_from_dataset
+from fastdp_ros.policies.dp import (
+    ObsPreprocessor, affine_from_normalizer, demonstration_episodes, make_obs_encoder, make_spec_from_dataset,
+)
 from fastdp_ros.policies.modeldir import load_model_dir, load_state_into, save_model_dir
 from fastdp_ros.policies.spec import PolicySpec
 
@@ -149,23 +151,10 @@ class LWDModel(nn.Module):
 
     def __init__(self, spec: PolicySpec, config: LWDConfig, normalizer: dict):
         super().__init__()
-        from fastdp_ros.data import Normalizer
-
         self.spec, self.config = spec, config
-        norm = Normalizer.from_dict(normalizer)
-        keys = list(spec.lowdim_dims)
-        scale = {k: norm.scale_offset(k)[0] for k in keys}
-        offset = {k: norm.scale_offset(k)[1] for k in keys}
+        scale, offset = affine_from_normalizer(normalizer, list(spec.lowdim_dims) + [spec.action_key])
         self.preprocess = ObsPreprocessor(spec, scale, offset)
-        h, w, c = spec.image_shape
-        crop = None
-        if spec.image_keys and config.crop_ratio < 1.0:
-            crop = (max(8, int(round(h * config.crop_ratio))), max(8, int(round(w * config.crop_ratio))))
-        self.obs_encoder = MultiImageObsEncoder(
-            image_keys=spec.image_keys, image_shape=(c, h, w) if spec.image_keys else (1, 1, 1),
-            lowdim_keys_dims=spec.lowdim_dims, backbone=config.backbone, pool=config.pool,
-            feature_dim=config.feature_dim, crop_shape=crop, num_keypoints=config.num_keypoints,
-        )
+        self.obs_encoder = make_obs_encoder(spec, config)
         self.cond_dim = self.obs_encoder.output_dim * spec.n_obs_steps
         self.policy_keys = tuple(config.policy_keys) or tuple(spec.lowdim_dims)
         self.state_dim = sum(spec.lowdim_dims[k] for k in self.policy_keys)
@@ -173,9 +162,8 @@ class LWDModel(nn.Module):
         self.frame_dim = self.obs_encoder.output_dim
         self.layer_sizes = policy_layer_sizes(config, self.state_dim, spec.action_dim, self.frame_dim)
         self.relative_dims = min(spec.lowdim_dims[config.relative_to], spec.action_dim) if config.relative_to else 0
-        a_scale, a_offset = norm.scale_offset(spec.action_key)
-        self.register_buffer("action_scale", torch.as_tensor(a_scale, dtype=torch.float32))
-        self.register_buffer("action_offset", torch.as_tensor(a_offset, dtype=torch.float32))
+        self.register_buffer("action_scale", torch.as_tensor(scale[spec.action_key], dtype=torch.float32))
+        self.register_buffer("action_offset", torch.as_tensor(offset[spec.action_key], dtype=torch.float32))
         k = config.segment_steps
         state_in = self.state_dim + int(config.phase_input)  # the segment's states, without camera features
         self.trajectory_encoder = MLP(k * (state_in + spec.action_dim),
@@ -396,7 +384,8 @@ class LWDPolicy(Policy):
     @torch.inference_mode()
     def _frame_features(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         """The frozen encoder's features of the current frame (eager: a small CNN per step)."""
-        return self.model.encode(obs_batch(obs, self.device))[0, -self.model.frame_dim:].float().cpu().numpy()
+        current = obs_batch({k: v[-1:] for k, v in obs.items()}, self.device)  # one frame, not n_obs
+        return self.model.encode(current)[0].float().cpu().numpy()
 
     def generated_action(self, obs: dict[str, np.ndarray], params: np.ndarray, step: int,
                          features: np.ndarray | None = None) -> np.ndarray:
