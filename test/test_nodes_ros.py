@@ -162,9 +162,16 @@ def test_ood_frames_stop_the_arm_which_holds_until_reset(sim_graph):
         assert all(np.array_equal(q, held[0]) for q in held), "the commanded joints moved while stopped"
         release_monitor(probe)
         t0 = time.monotonic()
-        assert probe.wait_for(lambda: len(commands_after(probe, t0)) >= 30, 20.0)
-        moving = commands_after(probe, t0)
-        assert any(not np.array_equal(a, b) for a, b in zip(moving, moving[1:])), "motion did not resume"
+
+        def moving():
+            after = commands_after(probe, t0)
+            return any(not np.array_equal(a, b) for a, b in zip(after, after[1:]))
+
+        # the first plan after the release may take a while on a loaded machine (the runner holds
+        # through the underrun): wait for motion, not for a fixed number of commands
+        assert probe.wait_for(moving, 20.0), (
+            f"motion did not resume: {probe.diagnostic('fastdp_policy: controller')}\n"
+            f"monitor: {probe.diagnostic('fastdp_ood_monitor')}\n{describe(group)}")
 
 
 def test_wrong_encoding_and_size_are_reported_then_clear(sim_graph):
