@@ -149,8 +149,12 @@ def ood_frames(kind: str, k: int) -> np.ndarray:
 
 
 def measure_ood(probe, trials: int) -> dict:
+    from sensor_msgs.msg import Image
+
     results = []
     kinds = ("noise", "solid", "unrelated")
+    for topic in (FRONT, WRIST):  # discovery first: the first trial's latency once included it (0.4-0.5 s)
+        probe.publisher(Image, topic)
     for k in range(trials):
         kind = kinds[k % len(kinds)]
         release(probe)
@@ -168,13 +172,15 @@ def measure_ood(probe, trials: int) -> dict:
                 t_stop = stops[0]
                 break
             time.sleep(1 / 60)
-        held = None
+        held = reset_while_held = None
         if t_stop is not None:
             time.sleep(0.4)
             t_h = time.monotonic()
             time.sleep(0.5)
             qs = [q for t, q in probe.snapshot("commands") if t >= t_h]
             held = bool(qs) and all(np.array_equal(q, qs[0]) for q in qs)
+            # a new sim episode moves the arm to its start: the held command follows it there
+            reset_while_held = any(t_h - 0.1 <= t <= time.monotonic() for t, _ in probe.snapshot("episodes"))
         release(probe)
         t_r = time.monotonic()
         time.sleep(1.5)
@@ -182,12 +188,14 @@ def measure_ood(probe, trials: int) -> dict:
         resumed = any(not np.array_equal(a, b) for a, b in zip(qs, qs[1:]))
         results.append({"kind": kind, "stopped": t_stop is not None,
                         "latency_ms": None if t_stop is None else round(1e3 * (t_stop - t0), 1),
-                        "held_exactly": held, "resumed": resumed})
+                        "held_exactly": held, "episode_reset_while_held": reset_while_held, "resumed": resumed})
     lat = np.array([r["latency_ms"] for r in results if r["latency_ms"] is not None])
     by_kind = {kind: {"trials": sum(r["kind"] == kind for r in results),
                       "stopped": sum(r["kind"] == kind and r["stopped"] for r in results)} for kind in kinds}
     return {"trials": len(results), "stopped": int(sum(r["stopped"] for r in results)), "by_kind": by_kind,
             "latency_ms": stats_ms(lat), "held_exactly": sum(bool(r["held_exactly"]) for r in results),
+            "moved_while_held_without_an_episode_reset": sum(r["held_exactly"] is False
+                                                             and not r["episode_reset_while_held"] for r in results),
             "resumed": sum(r["resumed"] for r in results), "per_trial": results}
 
 
@@ -219,8 +227,10 @@ def run_condition(name: str, load: int, args) -> dict:
             probe = None
             try:
                 for node, exe in SIM_GRAPH.items():
-                    group.start(node, exe, sim_launch_args(node))
-                probe = GraphProbe(lease.domain_id, name="fastdp_bench")
+                    group.start(node, exe, sim_launch_args(node, overrides=args.overrides.get(node)))
+                # commands, stop flag and diagnostics only: decoding the camera streams here too would
+                # add the probe's own delays to the inter-arrival times it measures
+                probe = GraphProbe(lease.domain_id, name="fastdp_bench", image_topics=())
                 if not probe.wait_for(lambda: len(probe.snapshot("commands")) > 60, 300.0):
                     raise RuntimeError("the graph did not start commanding:\n" +
                                        "\n".join(n.output()[-2000:] for n in group.nodes.values()))
@@ -253,9 +263,23 @@ def main(argv=None) -> int:
     ap.add_argument("--trials", type=int, default=20, help="OOD trials per condition")
     ap.add_argument("--conditions", default="quiet,loaded", help="quiet and/or loaded (2 busy processes)")
     ap.add_argument("--note", default="", help="free text stored with the results (e.g. other load)")
+    ap.add_argument("--param", action="append", default=[], metavar="NODE.NAME=VALUE",
+                    help="a parameter over the launch's (e.g. fastdp_ood_monitor.max_check_rate=60); repeatable")
     ap.add_argument("--out", default=str(ROOT / "bench" / "ros_graph.json"))
     args = ap.parse_args(argv)
+    args.overrides = {}
+    for item in args.param:
+        name, _, value = item.partition("=")
+        node, _, param = name.partition(".")
+        if node not in SIM_GRAPH or not param or not value:
+            ap.error(f"--param {item!r}: expected NODE.NAME=VALUE with NODE one of {', '.join(SIM_GRAPH)}")
+        try:  # numbers, booleans and lists as JSON; anything else is a string
+            parsed = json.loads(value)
+        except ValueError:
+            parsed = value
+        args.overrides.setdefault(node, {})[param] = parsed
     results = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "note": args.note,
+               "parameters": args.overrides,
                "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version()},
                "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "conditions": {}}
     for condition in args.conditions.split(","):

@@ -36,6 +36,18 @@ H = 16  # image side
 T = 12  # frames per episode
 
 
+def script_module(name: str):
+    """Import scripts/<name>.py (the scripts are not a package)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def make_dataset(path, n_episodes=6):
     """A red square that slides across a grey table along one of three rows; episodes e and e + 3
     differ only in the square's shade, so a held-out episode has a near twin in the table."""
@@ -185,13 +197,7 @@ def test_k_nearest_lookup_blends_chunks_by_similarity(model, one_torch_thread):
 
 
 def test_alt_probe_measures_the_retrieved_chunks(model, tmp_path, one_torch_thread):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "scripts" / "alt_probe.py"
-    spec = importlib.util.spec_from_file_location("alt_probe", path)
-    probe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(probe)
+    probe = script_module("alt_probe")
     out = tmp_path / "probe.json"
     assert probe.main(["--dataset", str(model["ds"]), "--models", str(model["out"]), "--k", "1", "3",
                        "--out", str(out)]) == 0
@@ -322,3 +328,57 @@ def test_alt_trains_and_acts_without_cameras(tmp_path, one_torch_thread):
     obs = {k: np.stack([buf.get_episode(0, [k])[k][3]] * 2) for k in ("joint_pos", "gripper")}
     chunk = policy.act(obs)
     assert chunk.shape == (8, 8) and np.all(np.isfinite(chunk))
+
+
+def test_camera_feature_monitor_is_built_and_calibrated_by_the_script(model, tmp_path, one_torch_thread):
+    """scripts/calibrate_ood.py --camera-table: the demonstrations' per-camera features beside the
+    monitor model, the threshold calibrated for that score, and the monitor the nodes build."""
+    import shutil
+
+    from fastdp_ros.runtime.ood import (CALIBRATION_FILE, CAMERA_TABLE_FILE, CameraFeatureMonitor, ModelScoreMonitor,
+                                        model_monitor)
+
+    monitor_dir = tmp_path / "monitor"
+    shutil.copytree(model["out"], monitor_dir)
+    rollouts = make_dataset(tmp_path / "rollouts", n_episodes=10)  # stands in for closed-loop rollouts
+    script = script_module("calibrate_ood")
+    assert script.main(["--monitor", str(monitor_dir), "--rollouts", str(rollouts), "--camera-table", str(model["ds"]),
+                        "--camera-frames", "40"]) == 0
+    report = json.loads((monitor_dir / CALIBRATION_FILE).read_text())
+    assert report["score"] == "camera features" and report["camera_table"]["frames"] == {"img_front": 40}
+    assert report["calibration"]["stops_at_threshold"] == 0
+
+    monitor = model_monitor(load_policy(monitor_dir), monitor_dir, debounce=2)
+    assert isinstance(monitor, CameraFeatureMonitor) and monitor.threshold == pytest.approx(report["threshold"])
+    holdout = json.loads((model["out"] / "config.json").read_text())["ood"]["calibration_episodes"][0]
+    obs = observation(ReplayBuffer.open(model["ds"]), holdout, 6)
+    board = perturb_images(obs["img_front"], "unrelated", np.random.default_rng(0))
+    assert monitor.score({**obs, "img_front": board}) > monitor.threshold >= monitor.score(obs)
+
+    # a calibration of the other score is refused, both ways
+    (monitor_dir / CALIBRATION_FILE).write_text(json.dumps({**report, "score": "model"}))
+    with pytest.raises(ConfigError, match="calibrates the 'model' score.*--camera-table"):
+        model_monitor(load_policy(monitor_dir), monitor_dir)
+    (monitor_dir / CALIBRATION_FILE).write_text(json.dumps(report))
+    table = (monitor_dir / CAMERA_TABLE_FILE).read_bytes()
+    (monitor_dir / CAMERA_TABLE_FILE).unlink()
+    with pytest.raises(ConfigError, match="calibrates the 'camera features' score"):
+        model_monitor(load_policy(monitor_dir), monitor_dir)
+    (monitor_dir / CALIBRATION_FILE).unlink()
+    assert isinstance(model_monitor(load_policy(monitor_dir), monitor_dir), ModelScoreMonitor)
+    (monitor_dir / CAMERA_TABLE_FILE).write_bytes(table[:100])
+    with pytest.raises(ConfigError, match="is not a camera feature table"):
+        model_monitor(load_policy(monitor_dir), monitor_dir)
+
+
+def test_ood_feature_probe_reports_every_score(model, tmp_path, one_torch_thread):
+    probe = script_module("ood_feature_probe")
+    out = tmp_path / "probe.json"
+    assert probe.main(["--monitor", str(model["out"]), "--dataset", str(model["ds"]), "--rollouts", str(model["ds"]),
+                       "--train-frames", "40", "--nominal-frames", "30", "--ood-frames", "4", "--out", str(out)]) == 0
+    scores = json.loads(out.read_text())["scores"]
+    assert set(scores) == {"fused, img_front replaced", "camera_cos, img_front", "camera_l2z, img_front"}
+    for row in scores.values():
+        assert row["nominal_max"] >= row["nominal_p99"] >= 0
+        for kind in ("noise", "solid", "unrelated"):
+            assert row[kind]["separates"] == (row[kind]["min"] > row["nominal_max"])

@@ -253,7 +253,7 @@ def test_scorer_choice(tmp_path):
 
     alt = ModelEntry("alt", tmp_path, {}, {"policy_type": "alt"})
     scorer = build_monitor(alt, params(), loader)
-    assert isinstance(scorer, ModelScoreMonitor) and scorer.kind == "alt" and scorer.debounce == 2
+    assert isinstance(scorer, ModelScoreMonitor) and scorer.kind == "alt" and scorer.debounce == 1
     assert scorer.threshold == 0.25 and scorer.score({}) == 0.5
     with pytest.raises(ConfigError, match="debounce must be >= 1"):
         build_monitor(alt, params(debounce=0), loader)

@@ -151,12 +151,12 @@ def run(args) -> int:
     monitor = None
     if args.ood_model and not args.ood_dataset:  # a model with its own calibrated OOD score (ALT)
         from fastdp_ros.policies import load_policy
-        from fastdp_ros.runtime.ood import ModelScoreMonitor
+        from fastdp_ros.runtime.ood import model_monitor
 
-        monitor = ModelScoreMonitor(load_policy(args.ood_model, device=args.device), debounce=args.ood_debounce,
-                                    model_dir=args.ood_model)
-        log.info("OOD monitor: %s's own score (threshold %.3g, %s)", args.ood_model, monitor.threshold,
-                 monitor.threshold_source)
+        monitor = model_monitor(load_policy(args.ood_model, device=args.device), args.ood_model,
+                                debounce=args.ood_debounce)
+        log.info("OOD monitor: %s's %s score (threshold %.3g, %s)", args.ood_model, monitor.backend,
+                 monitor.threshold, monitor.threshold_source)
     elif args.ood_dataset:
         from fastdp_ros.runtime.ood import monitor_from_dataset
 

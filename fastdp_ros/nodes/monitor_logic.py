@@ -35,7 +35,7 @@ from fastdp_ros.ros_messages import DiagnosticEntry
 from fastdp_ros.nodes.parameters import MONITOR_NODE_NAME, stream_timeouts
 from fastdp_ros.nodes.sensors import SensorConfig, SensorIntake
 from fastdp_ros.runtime.buffer import ObservationBuffer
-from fastdp_ros.runtime.ood import LatchedMonitor, ModelScoreMonitor
+from fastdp_ros.runtime.ood import LatchedMonitor, ModelScoreMonitor, model_monitor
 from fastdp_ros.runtime.watchdog import StopLatch
 from fastdp_ros.runtime.worker import InferenceWorker, LatencyRecord
 
@@ -76,8 +76,8 @@ def _build_monitor(entry: ModelEntry, params: dict, loader: Callable[..., Any] |
         scores_itself = False
     options = {"device": params["device"], **entry.options}
     if scores_itself and not params["ood_dataset"]:
-        monitor = ModelScoreMonitor(loader(str(entry.path), **options), debounce=debounce, model_dir=entry.path)
-        monitor.kind = entry.policy_type
+        monitor = model_monitor(loader(str(entry.path), **options), entry.path, debounce=debounce)
+        monitor.kind = entry.policy_type if isinstance(monitor, ModelScoreMonitor) else f"{entry.policy_type} per camera"
         return monitor
     if not params["ood_dataset"]:
         scorers = ", ".join(e.name for e in policies_with(capability="ood_score"))

@@ -5,6 +5,7 @@ Like the node files, this module imports rclpy; nothing below nodes/ does.
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Callable
 
 import rclpy
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.signals import SignalHandlerOptions
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 
@@ -106,18 +107,6 @@ def publish_diagnostics(publisher, entries, t: float) -> None:
     publisher.publish(msg)
 
 
-class DrainingExecutor(MultiThreadedExecutor):
-    """A MultiThreadedExecutor whose shutdown() first lets the callbacks already handed to its
-    pool finish (rclpy 7.1's returns at once and destroys the guard condition they trigger at
-    their end), so clean-up never races a control tick. Call it from the spinning thread."""
-
-    def shutdown(self, timeout_sec: float | None = None) -> bool:
-        pool = getattr(self, "_executor", None)
-        if pool is not None:
-            pool.shutdown(wait=True)
-        return super().shutdown(timeout_sec)
-
-
 class ShutdownRequest:
     """SIGINT and SIGTERM as a request to stop spinning, handled by the node's own code.
 
@@ -159,16 +148,23 @@ def init(args=None) -> ShutdownRequest:
 
 
 def spin(node, shutdown: ShutdownRequest, until: Callable[[], bool] | None = None,
-         close: Callable[[], None] | None = None, single_threaded: bool = False) -> int:
+         close: Callable[[], None] | None = None) -> int:
     """Spin `node` until SIGINT/SIGTERM, an external shutdown or `until()`; then stop the
-    executor (callbacks in flight finish, no new ones start), close, destroy and shut down, in
-    that order: nothing publishes after the context is gone. Exits 0.
+    executor, close, destroy and shut down, in that order: nothing publishes after the context
+    is gone. Exits 0.
 
-    Multi-threaded by default (sensor callbacks beside the control timer); `single_threaded`
-    runs every callback on this (the main) thread, where the node was built: an OpenGL context
-    made current here can only render here."""
-    executor = SingleThreadedExecutor() if single_threaded else DrainingExecutor()
+    Every callback runs on this (the main) thread, where the node was built (an OpenGL context
+    made current here can only render here). The callbacks are short; what takes time has
+    threads of its own (inference, OOD checks, the policy node's control loop). rclpy's
+    MultiThreadedExecutor was measured falling 0.15-0.8 s behind on the 2-core machine (the
+    monitor's 60 Hz step timer, with camera, joint-state and command callbacks), which its
+    stream watchdog then took for silent cameras; a SingleThreadedExecutor kept up (bench/README.md)."""
+    executor = SingleThreadedExecutor()
     executor.add_node(node)
+    # what start-up made (the model, the libraries' objects) leaves the collector's generations: a
+    # full collection would otherwise walk it all in the middle of a control period
+    gc.collect()
+    gc.freeze()
     try:
         # short waits: a signal handler runs between them, so a stop takes at most 0.1 s
         while not shutdown.requested and rclpy.ok() and not (until is not None and until()):

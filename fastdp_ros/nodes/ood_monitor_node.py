@@ -16,7 +16,6 @@ import rclpy
 import rclpy.logging
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.node import Node
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Bool, Float32, Float64MultiArray
@@ -55,26 +54,23 @@ class OODMonitorNode(Node):
         self.stop_pub = self.create_publisher(Bool, p["stop_topic"], common.STOP_QOS)
         self.score_pub = self.create_publisher(Float32, p["score_topic"], common.RELIABLE_QOS)
         self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", common.RELIABLE_QOS)
-        sensor_group = ReentrantCallbackGroup()
         for key, topic in sensors.image_topics.items():
             compressed = topic.endswith("/compressed")
             self.create_subscription(CompressedImage if compressed else Image, topic,
                                      lambda msg, key=key, c=compressed: self.logic.on_image(key, msg, self.now(), c),
-                                     common.SENSOR_QOS, callback_group=sensor_group)
+                                     common.SENSOR_QOS)
         self.create_subscription(JointState, p["joint_state_topic"],
                                  lambda msg: self.logic.on_joint_state(msg, self.now()),
-                                 common.SENSOR_QOS, callback_group=sensor_group)
+                                 common.SENSOR_QOS)
         if p["gripper_joint_state_topic"]:
             self.create_subscription(JointState, p["gripper_joint_state_topic"],
                                      lambda msg: self.logic.on_gripper_state(msg, self.now()),
-                                     common.SENSOR_QOS, callback_group=sensor_group)
+                                     common.SENSOR_QOS)
         self.create_subscription(COMMAND_TYPES[p["command_interface"]], commands,
-                                 lambda msg: self.logic.on_command(self.now()), common.COMMAND_QOS,
-                                 callback_group=sensor_group)
+                                 lambda msg: self.logic.on_command(self.now()), common.COMMAND_QOS)
         self.reset_srv = self.create_service(Trigger, "~/reset", self.on_reset)
         # poll twice per check period: a finished check is published within half a period
-        self.step_timer = self.create_timer(config.min_check_period / 2.0, self.on_step,
-                                            callback_group=MutuallyExclusiveCallbackGroup())
+        self.step_timer = self.create_timer(config.min_check_period / 2.0, self.on_step)
         self.diagnostics_timer = self.create_timer(float(p["diagnostics_period"]), self.on_diagnostics)
         self.stop_pub.publish(Bool(data=False))
 

@@ -201,9 +201,10 @@ MONITOR_PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("tcp_offset", FRANKA_HAND_TCP_OFFSET,
               "tool centre point along the hand's z axis (m), for a model observing tcp_pose: 0.1034 for the "
               "Franka Hand, 0.14 in the simulation"),
-    ParamSpec("debounce", 2, "consecutive checks over the threshold that raise the stop (2 at 30 Hz: "
-                             "within about 70 ms of the first out-of-distribution frame)"),
-    ParamSpec("max_check_rate", 30.0, "at most this many OOD checks per second (a camera's frame rate)"),
+    ParamSpec("debounce", 1, "consecutive checks over the threshold that raise the stop (1: the calibration "
+                             "counts every frame over its threshold as a stop, scripts/calibrate_ood.py)"),
+    ParamSpec("max_check_rate", 60.0, "at most this many OOD checks per second (two unsynchronised 30 Hz cameras "
+                                      "give a new observation up to 60 times a second)"),
     *_sensor_params(),
     ParamSpec("stop_topic", STOP_TOPIC, "std_msgs/Bool stop flag (reliable, transient_local, depth 1)"),
     ParamSpec("score_topic", OOD_SCORE_TOPIC, "std_msgs/Float32 OOD score of every check"),

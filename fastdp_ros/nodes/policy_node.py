@@ -22,7 +22,6 @@ from __future__ import annotations
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped
 from rcl_interfaces.msg import SetParametersResult
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import CompressedImage, Image, JointState
@@ -36,6 +35,7 @@ from fastdp_ros.nodes import node_common as common
 from fastdp_ros.nodes.catalog import PolicyCatalog
 from fastdp_ros.nodes.parameters import POLICY_NODE_NAME, POLICY_PARAMETERS, read_parameters
 from fastdp_ros.nodes.policy_logic import PolicyLogic, PolicyNodeConfig
+from fastdp_ros.runtime.periodic import PeriodicThread
 
 
 class PolicyNode(LifecycleNode):
@@ -44,10 +44,10 @@ class PolicyNode(LifecycleNode):
         self.params = common.declare_parameters(self, POLICY_PARAMETERS)
         self.log_bridge = common.bridge_logging(self)
         self.logic: PolicyLogic | None = None
-        self.sensor_group = ReentrantCallbackGroup()  # frames decode in parallel with each other ...
-        self.control_group = MutuallyExclusiveCallbackGroup()  # ... and with the control timer
         self.sensor_subs: list = []
-        self.control_timer = None
+        # the command stream has its own thread on absolute deadlines, not an executor timer: under
+        # load a timer waits behind the queued sensor callbacks (runtime/periodic.py)
+        self.control_loop: PeriodicThread | None = None
         self.command_pub = self.gripper_pub = None
         self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", common.RELIABLE_QOS)
         self.reset_srv = self.create_service(Trigger, "~/reset", self.on_reset)
@@ -89,14 +89,14 @@ class PolicyNode(LifecycleNode):
             subs.append(self.create_subscription(
                 CompressedImage if compressed else Image, topic,
                 lambda msg, key=key, c=compressed: logic.on_image(key, msg, self.now(), c),
-                common.SENSOR_QOS, callback_group=self.sensor_group))
+                common.SENSOR_QOS))
         subs.append(self.create_subscription(JointState, p["joint_state_topic"],
                                              lambda msg: logic.on_joint_state(msg, self.now()),
-                                             common.SENSOR_QOS, callback_group=self.sensor_group))
+                                             common.SENSOR_QOS))
         if p["gripper_joint_state_topic"]:
             subs.append(self.create_subscription(JointState, p["gripper_joint_state_topic"],
                                                  lambda msg: logic.on_gripper_state(msg, self.now()),
-                                                 common.SENSOR_QOS, callback_group=self.sensor_group))
+                                                 common.SENSOR_QOS))
         subs.append(self.create_subscription(Bool, p["stop_topic"],
                                              lambda msg: logic.on_stop_flag(msg.data, self.now()), common.STOP_QOS))
         if p["episode_topic"]:
@@ -114,14 +114,12 @@ class PolicyNode(LifecycleNode):
                     FrankaRobotState, p["robot_state_topic"],
                     lambda msg: logic.on_robot_state(*conv.franka_robot_state(msg), self.now()), common.SENSOR_QOS))
         self.sensor_subs = subs
-        self.control_timer = self.create_timer(1.0 / logic.config.control_rate, self.on_tick,
-                                               callback_group=self.control_group)
+        self.control_loop = PeriodicThread(self.on_tick, logic.config.control_rate, name="control").start()
 
     def destroy_entities(self) -> None:
-        if self.control_timer is not None:
-            self.control_timer.cancel()
-            self.destroy_timer(self.control_timer)
-            self.control_timer = None
+        if self.control_loop is not None:  # first: no tick may publish on a destroyed publisher
+            self.control_loop.stop()
+            self.control_loop = None
         for sub in self.sensor_subs:
             self.destroy_subscription(sub)
         self.sensor_subs = []

@@ -107,8 +107,8 @@ def main(args=None) -> int:
         rclpy.logging.get_logger(SIM_NODE_NAME).fatal(f"cannot start: {e}")
         rclpy.try_shutdown()
         return 1
-    # one thread, this one: the renderer's OpenGL context was made current here
-    return common.spin(node, shutdown, until=lambda: node.finished, close=node.close, single_threaded=True)
+    # callbacks on this thread only (common.spin): the renderer's OpenGL context was made current here
+    return common.spin(node, shutdown, until=lambda: node.finished, close=node.close)
 
 
 if __name__ == "__main__":

@@ -208,20 +208,25 @@ class ALTEncoder(nn.Module):
     def prepare_frames(self, images: dict[str, torch.Tensor], lowdim: dict[str, torch.Tensor]):
         """One frame per sample: uint8 (B, H, W, 3) images -> float (B, 3, h, w) in [0, 1] at the
         encoder's resolution; low-dim (B, d) per key -> one normalised (B, D) tensor."""
-        prepared = {}
-        for key in self.image_keys:
-            x = images[key].permute(0, 3, 1, 2).float() / 255.0
-            # in an export the images have the spec's size: decide without reading a traced shape
-            hw = self.image_hw if torch.jit.is_tracing() else tuple(x.shape[-2:])
-            if hw != self.input_size:
-                x = F.interpolate(x, size=self.input_size, mode="area")
-            prepared[key] = x
+        prepared = {key: self._prepare_image(images[key]) for key in self.image_keys}
         if self.lowdim_keys:
             flat = torch.cat([lowdim[k].float().reshape(lowdim[k].shape[0], -1) for k in self.lowdim_keys], dim=1)
             low = flat * self.lowdim_scale + self.lowdim_offset
         else:
             low = None
         return prepared, low
+
+    def _prepare_image(self, image: torch.Tensor) -> torch.Tensor:
+        x = image.permute(0, 3, 1, 2).float() / 255.0
+        # in an export the images have the spec's size: decide without reading a traced shape
+        hw = self.image_hw if torch.jit.is_tracing() else tuple(x.shape[-2:])
+        if hw != self.input_size:
+            x = F.interpolate(x, size=self.input_size, mode="area")
+        return x
+
+    def camera_features(self, images: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """uint8 (B, H, W, 3) per camera -> that camera's features, before the fusion head."""
+        return {key: self.cameras[key](self._prepare_image(images[key]) * 2.0 - 1.0) for key in self.image_keys}
 
     def embed_prepared(self, images: dict[str, torch.Tensor], lowdim: torch.Tensor | None) -> torch.Tensor:
         feats = [self.cameras[k](images[k].float() * 2.0 - 1.0) for k in self.image_keys]
@@ -592,6 +597,14 @@ class ALTPolicy(Policy):
     def ood_score(self, obs: dict) -> float:
         """1 - cosine similarity of the observation to its nearest training frame."""
         return self.ood(obs).score
+
+    @torch.inference_mode()
+    def camera_features(self, obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Each camera's encoder features of the newest frames of a batch {key: (B, n_obs, ...)}
+        (runtime.ood.CameraFeatureMonitor compares them with the demonstrations')."""
+        images = {k: torch.from_numpy(np.ascontiguousarray(np.asarray(obs[k])[:, -1])).to(self.device)
+                  for k in self.encoder.image_keys}
+        return {k: v.float().cpu().numpy() for k, v in self.encoder.camera_features(images).items()}
 
     @torch.inference_mode()
     def score_batch(self, obs: dict[str, np.ndarray]) -> np.ndarray:

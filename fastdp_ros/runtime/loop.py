@@ -23,6 +23,7 @@ import numpy as np
 
 from fastdp_ros.errors import ConfigError
 from fastdp_ros.runtime.evaluate import EVAL_SEED0, latency_summary
+from fastdp_ros.runtime.periodic import DeadlineSchedule
 from fastdp_ros.runtime.safety import WorkspaceBox
 
 log = logging.getLogger(__name__)
@@ -211,7 +212,7 @@ def run_closed_loop(runner, env, config: LoopConfig, *, clock: Callable[[], floa
     extra_cams = (video_camera,) if video is not None and video_camera else ()
     plant = SimPlant(env, runner.buffer.keys, config.camera_rate, config.joint_rate, extra_cams, sensor_hook)
     lateness, work = [], []
-    ticks = on_time = skipped = 0
+    ticks = on_time = 0
     episodes: list[dict] = []
     interrupted = False
     old_switch = sys.getswitchinterval()
@@ -224,7 +225,8 @@ def run_closed_loop(runner, env, config: LoopConfig, *, clock: Callable[[], floa
     runner.start(q, w, t0)
     episode_events = len(runner.latch.events)
     status_t, status_ticks = t0, 0
-    k, next_tick = 0, t0
+    schedule = DeadlineSchedule(period, t0)
+    next_tick = schedule.next_deadline
     try:
         while True:
             now = clock()
@@ -267,14 +269,8 @@ def run_closed_loop(runner, env, config: LoopConfig, *, clock: Callable[[], floa
                 on_status(_status_line_data(runner, now - t0, hz, len(episodes), sum(e["success"] for e in episodes),
                                             config.episodes))
                 status_t, status_ticks = now, ticks
-            k += 1
-            next_tick = t0 + k * period
-            behind = clock() - next_tick
-            if behind > period:  # missed whole slots: skip them rather than burst commands
-                missed = int(behind // period)
-                skipped += missed
-                k += missed
-                next_tick = t0 + k * period
+            schedule.advance(clock())  # missed whole slots are skipped rather than burst
+            next_tick = schedule.next_deadline
     except KeyboardInterrupt:
         interrupted = True
         log.warning("interrupted: holding the arm and writing statistics")
@@ -293,8 +289,8 @@ def run_closed_loop(runner, env, config: LoopConfig, *, clock: Callable[[], floa
         "ticks": ticks,
         "ticks_on_time": on_time,
         "late_ticks": ticks - on_time,
-        "skipped_ticks": skipped,
-        "on_time_fraction": on_time / max(1, ticks + skipped),
+        "skipped_ticks": schedule.skipped,
+        "on_time_fraction": on_time / max(1, ticks + schedule.skipped),
         "command_hz": ticks / wall if wall > 0 else float("nan"),
         "tick_start_lateness_ms": latency_summary(lateness),
         "tick_work_ms": latency_summary(work),

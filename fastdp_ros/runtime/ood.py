@@ -235,6 +235,153 @@ class ModelScoreMonitor(LatchedMonitor):
         return s if math.isfinite(s) else math.inf
 
 
+CAMERA_TABLE_FILE = "ood_camera_features.safetensors"
+
+
+class CameraFeatureMonitor(LatchedMonitor):
+    """Every camera on its own: the distance of the camera's encoder features to the nearest
+    demonstration frame's (standardised per feature, as OODMonitor does), divided by that
+    camera's nominal scale; the score is the largest over the cameras.
+
+    A fused embedding of every camera and the joints, normalised to unit length, lets the
+    healthy camera and the joints outvote a failed one and drops the feature magnitudes that
+    set noise or a covered lens apart; scripts/ood_feature_probe.py measures both.
+
+    `features(obs) -> {camera: (B, d)}` takes observation batches {key: (B, n_obs, ...)};
+    `tables` are the demonstrations' features per camera (build_camera_tables) and `scales`
+    each camera's nominal distance (scripts/calibrate_ood.py: its 0.99 quantile on the policy's
+    closed-loop frames, so that a camera whose view varies more, the wrist's, counts in its own
+    units)."""
+
+    backend = "camera features"
+
+    def __init__(self, features: Callable[[dict], dict], tables: dict, scales: dict, threshold: float | None = None,
+                 debounce: int = 3, spec=None, use_faiss: bool | None = None):
+        super().__init__(threshold, debounce, spec)
+        if not tables or set(tables) != set(scales):
+            raise ConfigError(f"need a feature table and a scale for every camera, got tables for {sorted(tables)} "
+                              f"and scales for {sorted(scales)}")
+        bad = {k: v for k, v in scales.items() if not (math.isfinite(float(v)) and float(v) > 0)}
+        if bad:
+            raise ConfigError(f"camera scales must be finite and > 0, got {bad}")
+        self.features = features
+        self.cameras = {k: OODMonitor(None, v, use_faiss=use_faiss) for k, v in tables.items()}
+        self.scales = {k: float(v) for k, v in scales.items()}
+
+    def camera_scores(self, obs: dict) -> dict[str, np.ndarray]:
+        """(B,) scaled distances per camera of an observation batch; inf for non-finite features."""
+        feats = self.features(obs)
+        out = {}
+        for key, monitor in self.cameras.items():
+            f = np.asarray(feats[key], dtype=np.float64)
+            f = f.reshape(len(f), -1)
+            finite = np.all(np.isfinite(f), axis=1)
+            d = np.full(len(f), math.inf)
+            if finite.any():
+                d[finite] = monitor.distances(f[finite]) / self.scales[key]
+            out[key] = d
+        return out
+
+    def score_batch(self, obs: dict) -> np.ndarray:
+        return np.max(np.stack(list(self.camera_scores(obs).values())), axis=0)
+
+    def score(self, obs: dict) -> float:
+        batch = {k: np.asarray(v)[None] for k, v in obs.items()}
+        return float(self.score_batch(batch)[0])
+
+
+def build_camera_tables(features: Callable[[dict], dict], dataset_path, spec, frames: int = 6000,
+                        batch: int = 256) -> dict:
+    """Per camera: the features of up to `frames` frames of the dataset (evenly spread)."""
+    from fastdp_ros.data import ReplayBuffer
+    from fastdp_ros.retrieval import observation_windows
+
+    if not spec.image_keys:
+        raise ConfigError("the camera-feature OOD score needs a model with cameras")
+    buffer = ReplayBuffer.open(dataset_path, required_keys=list(spec.obs_keys))
+    ends = buffer.episode_ends
+    starts = np.concatenate([[0], ends[:-1]])
+    rows = np.unique(np.linspace(0, buffer.n_steps - 1, num=min(frames, buffer.n_steps)).round().astype(int))
+    out = {k: [] for k in spec.image_keys}
+    for ep in range(buffer.n_episodes):
+        lo, hi = int(starts[ep]), int(ends[ep])
+        take = rows[(rows >= lo) & (rows < hi)] - lo
+        if len(take) == 0:
+            continue
+        data = {k: np.asarray(buffer[k][lo:hi]) for k in spec.obs_keys}
+        data = {k: v if v.ndim == 4 else v.reshape(len(v), -1) for k, v in data.items()}
+        window = observation_windows(data, take, spec.n_obs_steps)
+        for i in range(0, len(take), batch):
+            f = features({k: v[i:i + batch] for k, v in window.items()})
+            for k in spec.image_keys:
+                out[k].append(np.asarray(f[k], dtype=np.float32))
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def save_camera_tables(path, tables: dict, scales: dict) -> None:
+    from safetensors.numpy import save_file
+
+    tensors = {f"{k}.features": np.ascontiguousarray(v, dtype=np.float16) for k, v in tables.items()}
+    tensors.update({f"{k}.scale": np.asarray([scales[k]], dtype=np.float32) for k in tables})
+    save_file(tensors, str(path))
+
+
+def load_camera_tables(path) -> tuple[dict, dict]:
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    try:
+        tensors = load_file(str(path))
+    except (OSError, SafetensorError) as e:
+        raise ConfigError(f"{path} is not a camera feature table ({e}): re-run scripts/calibrate_ood.py "
+                          f"--camera-table") from None
+    cameras = sorted({k.rsplit(".", 1)[0] for k in tensors})
+    try:
+        tables = {k: tensors[f"{k}.features"].astype(np.float32) for k in cameras}
+        scales = {k: float(tensors[f"{k}.scale"][0]) for k in cameras}
+    except KeyError as e:
+        raise ConfigError(f"{path} lacks {e}: re-run scripts/calibrate_ood.py --camera-table") from None
+    return tables, scales
+
+
+def camera_feature_monitor(policy, model_dir, debounce: int = 3) -> CameraFeatureMonitor | None:
+    """The camera-feature monitor of a model directory that has a camera table (and a policy
+    with `camera_features`); None without a table. Its threshold is the directory's
+    calibration, which must have been made for this score."""
+    from pathlib import Path
+
+    path = Path(model_dir) / CAMERA_TABLE_FILE
+    if not path.is_file():
+        return None
+    if not hasattr(policy, "camera_features"):
+        raise ConfigError(f"{path} exists, but a {getattr(policy, 'policy_type', '?')!r} model has no camera "
+                          f"features to compare with it")
+    tables, scales = load_camera_tables(path)
+    missing = set(policy.spec.image_keys) - set(tables)
+    if missing:
+        raise ConfigError(f"{path} has no table for camera(s) {sorted(missing)}: re-run scripts/calibrate_ood.py "
+                          f"--camera-table")
+    monitor = CameraFeatureMonitor(policy.camera_features, {k: tables[k] for k in policy.spec.image_keys},
+                                   {k: scales[k] for k in policy.spec.image_keys}, debounce=debounce, spec=policy.spec)
+    calibrated = calibrated_threshold(model_dir, score=CameraFeatureMonitor.backend)
+    if calibrated is None:
+        raise ConfigError(f"{path} has no calibration beside it: run scripts/calibrate_ood.py --monitor {model_dir} "
+                          f"--camera-table")
+    monitor.threshold, monitor.threshold_source = calibrated
+    return monitor
+
+
+def model_monitor(policy, model_dir=None, debounce: int = 3) -> LatchedMonitor:
+    """The OOD monitor of a model that scores observations itself (ALT): per camera when its
+    directory has a camera table (camera_feature_monitor), else the model's own score
+    (ModelScoreMonitor). The ROS monitor node and `fastdp run --ood-model` both build it here."""
+    if model_dir is not None:
+        camera = camera_feature_monitor(policy, model_dir, debounce)
+        if camera is not None:
+            return camera
+    return ModelScoreMonitor(policy, debounce=debounce, model_dir=model_dir)
+
+
 def embed_dataset(encoder: Callable[[dict], np.ndarray], dataset, indices) -> np.ndarray:
     """Embeddings (len(indices), d) of windows `indices` of a WindowDataset through `encoder`."""
     rows = [np.asarray(encoder(dataset[int(i)]["obs"]), dtype=np.float32).reshape(-1) for i in indices]
@@ -278,9 +425,11 @@ def monitor_from_dataset(encoder_policy, dataset_path, samples: int = 1000, quan
 CALIBRATION_FILE = "ood_calibration.json"
 
 
-def calibrated_threshold(model_dir) -> tuple[float, str] | None:
+def calibrated_threshold(model_dir, score: str = "model") -> tuple[float, str] | None:
     """(threshold, what it is for) from `model_dir`/ood_calibration.json, written by
-    scripts/calibrate_ood.py; None without one. A broken file raises ConfigError."""
+    scripts/calibrate_ood.py, for the monitor's `score` ("model": the model's own OOD score;
+    CameraFeatureMonitor.backend); None without one. A broken file, or one calibrated for the
+    other score, raises ConfigError."""
     import json
     from pathlib import Path
 
@@ -296,6 +445,12 @@ def calibrated_threshold(model_dir) -> tuple[float, str] | None:
                           f"or delete it") from None
     if not (math.isfinite(value) and value > 0):
         raise ConfigError(f"{path} has threshold {value}: re-run scripts/calibrate_ood.py")
+    calibrated_score = report.get("score", "model")
+    if calibrated_score != score:
+        # the two scores have different scales: one's threshold would stop the other at random or never
+        raise ConfigError(f"{path} calibrates the {calibrated_score!r} score, this monitor computes {score!r}: "
+                          f"re-run scripts/calibrate_ood.py --monitor {model_dir}"
+                          + (" --camera-table" if score != "model" else ""))
     calibrated_for = report.get("monitor_model_hash")
     if calibrated_for is not None:
         from fastdp_ros.policies import model_hash
