@@ -371,6 +371,37 @@ def test_camera_feature_monitor_is_built_and_calibrated_by_the_script(model, tmp
         model_monitor(load_policy(monitor_dir), monitor_dir)
 
 
+def test_a_knn_monitor_is_calibrated_per_hour_by_the_script_and_checked_against_its_embeddings(
+        model, tmp_path, one_torch_thread):
+    """scripts/calibrate_ood.py --ood-dataset: any model's encoder + kNN to a dataset's training
+    embeddings (the monitor node's ood_dataset), calibrated as the model scores are; a monitor
+    over other embeddings refuses the calibration, and another score's calibration is left alone."""
+    import shutil
+
+    from fastdp_ros.runtime.ood import CALIBRATION_FILE, monitor_from_dataset
+
+    monitor_dir = tmp_path / "monitor"
+    shutil.copytree(model["out"], monitor_dir)
+    rollouts = make_dataset(tmp_path / "rollouts", n_episodes=10)
+    script = script_module("calibrate_ood")
+    assert script.main(["--monitor", str(monitor_dir), "--rollouts", str(rollouts), "--ood-dataset", str(model["ds"]),
+                        "--ood-samples", "30"]) == 0
+    report = json.loads((monitor_dir / CALIBRATION_FILE).read_text())
+    assert report["score"] == "knn" and report["embedded"]["samples"] == 30
+    assert report["calibration"]["stops_at_threshold"] == 0
+
+    monitor = monitor_from_dataset(load_policy(monitor_dir), model["ds"], samples=30, model_dir=monitor_dir)
+    assert monitor.threshold == pytest.approx(report["threshold"]) and CALIBRATION_FILE in monitor.threshold_source
+    with pytest.raises(ConfigError, match="other training embeddings"):
+        monitor_from_dataset(load_policy(monitor_dir), model["ds"], samples=20, model_dir=monitor_dir)
+    (monitor_dir / CALIBRATION_FILE).write_text(json.dumps({**report, "score": "model"}))
+    kept = monitor_from_dataset(load_policy(monitor_dir), model["ds"], samples=30, model_dir=monitor_dir)
+    assert kept.threshold_source.startswith("quantile")
+    with pytest.raises(ConfigError, match="give one"):
+        script.main(["--monitor", str(monitor_dir), "--rollouts", str(rollouts), "--ood-dataset", str(model["ds"]),
+                     "--camera-table", str(model["ds"])])
+
+
 def test_ood_feature_probe_reports_every_score(model, tmp_path, one_torch_thread):
     probe = script_module("ood_feature_probe")
     out = tmp_path / "probe.json"

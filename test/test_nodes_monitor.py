@@ -15,7 +15,7 @@ from fastdp_ros.nodes.parameters import MONITOR_PARAMETERS, STREAM_TIMEOUT_FLOOR
 from fastdp_ros.nodes.sensors import SensorConfig
 from fastdp_ros.policies import PolicySpec
 from fastdp_ros.robots import FR3
-from fastdp_ros.runtime.ood import CALIBRATION_FILE, LatchedMonitor, ModelScoreMonitor
+from fastdp_ros.runtime.ood import BLANK_IMAGE_STD, CALIBRATION_FILE, LatchedMonitor, ModelScoreMonitor
 
 TS = get_typestore(Stores.ROS2_HUMBLE)
 SPEC = PolicySpec(image_keys=("img_front",), image_shape=(8, 8, 3), lowdim_dims={"joint_pos": 7}, action_dim=8,
@@ -70,7 +70,8 @@ def header(t):
 def image_msg(t, value):
     msg = TS.types["sensor_msgs/msg/Image"](header=header(t), height=0, width=0, encoding="", is_bigendian=0, step=0,
                                             data=np.empty(0, np.uint8))
-    conv.fill_image(msg, np.full((8, 8, 3), value, np.uint8), "rgb8")
+    texture = 20 * (np.indices((8, 8)).sum(0) % 2 * 2 - 1)  # a checkerboard of +-20: mean `value`, not blank
+    conv.fill_image(msg, np.repeat((value + texture)[..., None], 3, axis=2).astype(np.uint8), "rgb8")
     return msg
 
 
@@ -110,6 +111,22 @@ def test_in_distribution_frames_never_stop(monitor):
     assert len(scores) == 30 and np.allclose(scores, IN / 255)
     entry = m.diagnostics(clock.t)[0]
     assert entry.level == "OK" and entry.values["checks"] == "30" and entry.values["threshold"] == "0.6"
+
+
+def test_a_blank_camera_frame_stops_though_its_brightness_is_in_distribution(monitor):
+    m, clock = monitor
+    for _ in range(5):
+        frame(m, clock, IN)
+    for _ in range(m.monitor.debounce):  # a blank frame counts as over the threshold, debounced as any
+        clock.t += CAMERA_PERIOD
+        msg = image_msg(clock.t, IN)
+        conv.fill_image(msg, np.full((8, 8, 3), IN, np.uint8), "rgb8")  # a covered lens
+        assert m.on_image("img_front", msg, clock.t) and m.on_joint_state(joint_msg(clock.t), clock.t)
+        m.step(clock.t)
+        m.worker.wait_idle(10)
+        step = m.step(clock.t)
+    assert step.stopped and "'img_front' sends a blank frame" in m.diagnostics(clock.t)[0].message
+    assert defaults(MONITOR_PARAMETERS)["blank_image_std"] == BLANK_IMAGE_STD == m.monitor.min_image_std
 
 
 def test_out_of_distribution_stops_after_debounce_and_reset_clears(monitor):
@@ -216,7 +233,14 @@ def test_paused_command_stream_stops(monitor):
             break
     assert step.stopped and "command stream paused" in m.latch.reason
     assert m.reset(clock.t)
-    assert not frame(m, clock, IN)[1].stopped  # re-armed by the next command
+    assert not frame(m, clock, IN)[1].stopped  # released: the window counts from the release
+    m.on_command(clock.t)
+    assert not frame(m, clock, IN)[1].stopped
+    for _ in range(int(0.6 / CAMERA_PERIOD)):  # a policy that died across the release is flagged again
+        _, step = frame(m, clock, IN)
+        if step.stopped:
+            break
+    assert step.stopped and "command stream paused" in m.latch.reason
 
 
 def test_encoder_failure_stops():
@@ -286,3 +310,6 @@ def test_threshold_from_the_calibration_report_or_the_parameter(tmp_path):
     assert build_monitor(alt, params(), load).threshold == 0.25  # the model's own
     with pytest.raises(ConfigError, match="ood_threshold must be >= 0"):
         build_monitor(alt, params(ood_threshold=-1.0), load)
+    assert build_monitor(alt, params(blank_image_std=0.0), load).min_image_std == 0.0  # the check off
+    with pytest.raises(ConfigError, match="blank_image_std must be >= 0"):
+        build_monitor(alt, params(blank_image_std=float("nan")), load)

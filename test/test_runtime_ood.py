@@ -1,10 +1,12 @@
-"""OODMonitor: kNN distances (faiss and numpy agree), calibrated threshold, debounce, latch."""
+"""OODMonitor: kNN distances (the retrieval index, exact), calibrated threshold, debounce, latch."""
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fastdp_ros.errors import ConfigError
-from fastdp_ros.runtime.ood import KnnIndex, ModelScoreMonitor, OODMonitor, monitor_from_dataset
+from fastdp_ros.runtime.ood import ModelScoreMonitor, OODMonitor, blank_camera, monitor_from_dataset
 
 
 def blobs(n, seed, dim=8, shift=0.0):
@@ -15,14 +17,14 @@ def encoder(obs):
     return obs["x"]
 
 
-def test_faiss_and_numpy_give_the_same_distances():
-    pytest.importorskip("faiss")
-    train, queries = blobs(500, 0), blobs(20, 1, shift=0.5)
-    fa, npy = KnnIndex(train, use_faiss=True), KnnIndex(train, use_faiss=False)
-    assert fa.backend == "faiss" and npy.backend == "numpy"
-    np.testing.assert_allclose(fa.distances(queries, k=3), npy.distances(queries, k=3), rtol=1e-4, atol=1e-4)
-    brute = np.sort(np.linalg.norm(queries[:, None] - train[None], axis=2), axis=1)[:, :3]
-    np.testing.assert_allclose(npy.distances(queries, k=3), brute, rtol=1e-5, atol=1e-5)
+def test_distances_are_the_exact_kth_nearest_of_the_standardised_embeddings():
+    train, queries = blobs(500, 0) * np.arange(1, 9), blobs(20, 1, shift=0.5)
+    monitor = OODMonitor(encoder, train, k=3)
+    z = (train - train.mean(0)) / train.std(0)
+    q = (queries - train.mean(0)) / train.std(0)
+    brute = np.sort(np.linalg.norm(q[:, None] - z[None], axis=2), axis=1)[:, 2]
+    np.testing.assert_allclose(monitor.distances(queries), brute, rtol=1e-4, atol=1e-4)
+    assert OODMonitor(encoder, train[:2], k=5).distances(queries).shape == (20,)  # k beyond the rows: the farthest
 
 
 def test_calibrated_threshold_sets_the_false_alarm_rate():
@@ -35,7 +37,7 @@ def test_calibrated_threshold_sets_the_false_alarm_rate():
 
 
 def test_debounce_then_latched_until_reset():
-    monitor = OODMonitor(encoder, blobs(500, 0), debounce=3, use_faiss=False)
+    monitor = OODMonitor(encoder, blobs(500, 0), debounce=3)
     monitor.calibrate(blobs(300, 1), quantile=0.99)
     inside, outside = {"x": np.zeros(8)}, {"x": np.full(8, 10.0)}
     assert not monitor.observe(inside).over
@@ -53,7 +55,7 @@ def test_debounce_then_latched_until_reset():
 
 
 def test_non_finite_embedding_counts_as_out_of_distribution():
-    monitor = OODMonitor(encoder, blobs(100, 0), threshold=3.0, debounce=1, use_faiss=False)
+    monitor = OODMonitor(encoder, blobs(100, 0), threshold=3.0, debounce=1)
     assert monitor.observe({"x": np.full(8, np.nan)}).stopped
 
 
@@ -87,7 +89,7 @@ def test_monitor_from_dataset_calibrates_on_held_out_episodes(tmp_path):
             return obs["joint_pos"].reshape(-1)
 
     monitor = monitor_from_dataset(Encoder(), tmp_path / "ds", samples=100, quantile=0.99, debounce=2)
-    assert monitor.threshold > 0 and monitor.index.n <= 100
+    assert monitor.threshold > 0 and len(monitor.index) <= 100
     assert not monitor.observe({"joint_pos": np.zeros((2, 7), np.float32)}).over
     assert monitor.observe({"joint_pos": np.ones((2, 7), np.float32)}).over
 
@@ -122,3 +124,36 @@ def test_model_score_monitor_needs_a_model_with_its_own_score():
 
     with pytest.raises(ConfigError, match="'dp' model has no OOD score of its own"):
         ModelScoreMonitor(NoScore())
+
+
+def image_spec():
+    from fastdp_ros.policies import PolicySpec
+
+    return PolicySpec(image_keys=("img_front", "img_wrist"), image_shape=(8, 8, 3), lowdim_dims={}, action_dim=2,
+                      dt=0.1, horizon=2, n_obs_steps=2, n_action_steps=1)
+
+
+@settings(max_examples=40, deadline=None)
+@given(colour=st.lists(st.integers(0, 255), min_size=3, max_size=3), noise=st.floats(0.0, 3.0),
+       step=st.integers(10, 127), channel=st.integers(0, 2), seed=st.integers(0, 2**16))
+def test_blank_frames_are_told_from_frames_with_any_structure(colour, noise, step, channel, seed):
+    rng = np.random.default_rng(seed)
+    flat = np.clip(np.asarray(colour) + rng.uniform(-noise, noise, (2, 8, 8, 3)), 0, 255).astype(np.uint8)
+    assert blank_camera({"img_front": flat}, ("img_front",)) is not None  # a plain colour with sensor noise
+    edge = np.full((2, 8, 8, 3), colour, dtype=np.int64)
+    edge[:, :, 4:, channel] += step if colour[channel] + step <= 255 else -step  # one edge of `step` levels
+    assert blank_camera({"img_front": edge.astype(np.uint8)}, ("img_front",)) is None
+
+
+def test_a_blank_camera_frame_stops_whatever_the_score():
+    monitor = OODMonitor(lambda obs: np.zeros(2), blobs(50, 0, dim=2), threshold=1e9, debounce=1, spec=image_spec())
+    rng = np.random.default_rng(0)
+    scene = {k: rng.integers(0, 256, (2, 8, 8, 3), dtype=np.uint8) for k in ("img_front", "img_wrist")}
+    assert not monitor.observe(scene).over
+    covered = {**scene, "img_wrist": np.concatenate([scene["img_wrist"][:1], np.full((1, 8, 8, 3), (150, 107, 91),
+                                                                                      np.uint8)])}
+    reading = monitor.observe(covered)
+    assert reading.stopped and "'img_wrist' sends a blank frame" in monitor.stop_reason
+    monitor.reset()
+    old_blank = {**scene, "img_front": np.concatenate([np.zeros((1, 8, 8, 3), np.uint8), scene["img_front"][1:]])}
+    assert not monitor.observe(old_blank).over  # only the newest frame counts

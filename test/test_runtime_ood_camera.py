@@ -14,12 +14,12 @@ TABLES = {"img_front": RNG.normal(size=(300, 8)), "img_wrist": RNG.normal(size=(
 
 
 def features(obs):
-    return {k: np.asarray(obs[k], dtype=np.float64)[:, -1] for k in TABLES}
+    return {k: np.asarray(obs[k], dtype=np.float64)[:, -1] for k in TABLES if k in obs}
 
 
 def make_monitor(**kw):
     return CameraFeatureMonitor(features, TABLES, {"img_front": 1.0, "img_wrist": 2.0}, threshold=1.5, debounce=1,
-                                use_faiss=False, **kw)
+                                **kw)
 
 
 def obs_of(front, wrist):
@@ -41,7 +41,7 @@ def test_one_failed_camera_is_not_outvoted_by_the_healthy_one(row, camera, shift
 
 def test_each_camera_is_divided_by_its_own_scale():
     a = make_monitor()
-    b = CameraFeatureMonitor(features, TABLES, {"img_front": 1.0, "img_wrist": 4.0}, use_faiss=False)
+    b = CameraFeatureMonitor(features, TABLES, {"img_front": 1.0, "img_wrist": 4.0})
     far = {"img_front": TABLES["img_front"][0][None, None], "img_wrist": (TABLES["img_wrist"][0] + 30.0)[None, None]}
     assert a.camera_scores(far)["img_wrist"][0] == pytest.approx(2 * b.camera_scores(far)["img_wrist"][0])
 
@@ -61,3 +61,26 @@ def test_non_finite_features_score_inf_and_bad_tables_are_refused(tmp_path):
     path.write_bytes(b"not a table")
     with pytest.raises(ConfigError, match="is not a camera feature table.*--camera-table"):
         load_camera_tables(path)
+
+
+@settings(max_examples=20, deadline=None)
+@given(rows=st.lists(st.tuples(st.integers(0, 299), st.integers(0, 299)), min_size=2, max_size=6),
+       shift=st.floats(0.0, 20.0))
+def test_only_the_camera_with_a_new_frame_is_encoded_and_the_score_is_unchanged(rows, shift):
+    seen = []
+
+    def counting(obs):
+        seen.append(sorted(k for k in obs if k in TABLES))
+        return features(obs)
+
+    monitor = CameraFeatureMonitor(counting, TABLES, {"img_front": 1.0, "img_wrist": 2.0}, threshold=1.5, debounce=1)
+    reference = make_monitor()
+    previous = None
+    for front, wrist in rows:
+        obs = {"img_front": (TABLES["img_front"][front] + shift)[None],
+               "img_wrist": (TABLES["img_wrist"][wrist] - shift)[None]}
+        seen.clear()
+        assert monitor.score(obs) == pytest.approx(float(reference.score_batch({k: v[None] for k, v in obs.items()})[0]))
+        changed = sorted(k for k in TABLES if previous is None or not np.array_equal(previous[k], obs[k]))
+        assert seen == ([changed] if changed else [])
+        previous = obs

@@ -129,3 +129,25 @@ def test_busy_for_reports_a_running_call():
         assert w.busy_for(clock()) == 0.0
     finally:
         w.close(TIMEOUT)
+
+
+def test_on_result_is_called_after_each_current_result_and_a_failing_one_does_not_stop_the_worker():
+    done = threading.Semaphore(0)
+    calls = []
+
+    def on_result():
+        calls.append(len(calls))
+        done.release()
+        if len(calls) == 1:
+            raise RuntimeError("the node is shutting down")  # must not kill the worker thread
+
+    worker = InferenceWorker(lambda x: x * 2, "t", on_result=on_result).start()
+    try:
+        worker.submit(1, 0.0)
+        assert done.acquire(timeout=TIMEOUT)
+        assert [r.output for r in worker.poll()] == [2]  # stored before the caller is woken
+        worker.submit(2, 0.0)
+        assert done.acquire(timeout=TIMEOUT) and [r.output for r in worker.poll()] == [4]
+        assert calls == [0, 1]
+    finally:
+        worker.close()

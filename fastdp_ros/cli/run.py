@@ -163,8 +163,10 @@ def run(args) -> int:
         encoder = resolve_loader(loader, args.backend)(args.ood_model or args.model, **options)
         t0 = time.perf_counter()
         monitor = monitor_from_dataset(encoder, args.ood_dataset, samples=args.ood_samples,
-                                       quantile=args.ood_quantile, debounce=args.ood_debounce)
-        log.info("OOD monitor ready in %.1f s (threshold %.3g)", time.perf_counter() - t0, monitor.threshold)
+                                       quantile=args.ood_quantile, debounce=args.ood_debounce,
+                                       model_dir=args.ood_model or args.model)
+        log.info("OOD monitor ready in %.1f s (threshold %.3g, %s)", time.perf_counter() - t0, monitor.threshold,
+                 monitor.threshold_source)
 
     from fastdp_ros.sim import make_env
 

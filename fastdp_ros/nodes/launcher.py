@@ -10,11 +10,21 @@ This module imports nothing heavy, so the handlers are in place before anything 
 from __future__ import annotations
 
 import importlib
+import os
 import signal
+import sys
 
 
 def _exit_quietly(signum, frame):
-    raise SystemExit(0)
+    # os._exit, not SystemExit: the signal may land while torch's import runs Python from C++
+    # (pybind11), where an exception cannot unwind and aborts the process (status -6). Nothing
+    # has started yet that would need cleaning up.
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(0)
 
 
 def _run(module: str):

@@ -5,16 +5,19 @@ from a model directory, on the same camera and joint topics. Its score, debounce
 OOD verdict are runtime.ood's monitor, the one `fastdp run` uses inside the policy runner
 (a runtime.ood.LatchedMonitor). Two kinds:
 
-  ALT model       its encoder + lookup table (the index inside the model directory) and the
-                  threshold calibrated at training: score = 1 - cosine similarity to the
-                  nearest training frame
+  ALT model       runtime.ood.model_monitor: with a camera table in the model directory
+                  (scripts/calibrate_ood.py --camera-table), each camera's encoder features
+                  against the demonstrations', the larger of the per-camera distances
+                  (CameraFeatureMonitor); without one, the model's own score, 1 - cosine
+                  similarity to the nearest frame of its table (ModelScoreMonitor)
   any other model its `encode` + kNN distance to the training embeddings of `ood_dataset`,
                   threshold calibrated on held-out episodes (runtime.ood.monitor_from_dataset)
 
 Scoring runs in a worker thread on the newest observation (never queued), at most
 `max_check_rate` times a second. `debounce` consecutive checks over the threshold latch the
 stop. The threshold: the `ood_threshold` parameter, else the model directory's
-ood_calibration.json (false stops per hour, scripts/calibrate_ood.py), else the model's own. Watchdogs latch it too: a sensor stream that has started and then goes silent for
+ood_calibration.json (false stops per hour, scripts/calibrate_ood.py), else the model's own.
+Watchdogs latch it too: a sensor stream that has started and then goes silent for
 longer than its max age, and the policy's command stream once it has started and then
 pauses for longer than `command_timeout`. The stop stays latched until `reset()`
 (the node's `~/reset` service).
@@ -48,19 +51,22 @@ def build_monitor(entry: ModelEntry, params: dict, loader: Callable[..., Any] | 
 
     Its threshold, first found of: the `ood_threshold` parameter (> 0); the model directory's
     ood_calibration.json (scripts/calibrate_ood.py: set for false stops per hour on the policy's
-    closed-loop rollouts); the threshold calibrated with the model. `threshold_source` says
-    which."""
+    closed-loop rollouts; for an `ood_dataset` monitor, one made for that dataset); the threshold
+    calibrated with the model (or the `ood_quantile` of held-out `ood_dataset` frames).
+    `threshold_source` says which."""
     debounce = int(params["debounce"])
     if debounce < 1:
         raise ConfigError(f"debounce must be >= 1 check, got {debounce}")
     monitor = _build_monitor(entry, params, loader, debounce)
-    if not hasattr(monitor, "threshold_source"):
-        monitor.threshold_source = f"quantile {params['ood_quantile']} of held-out {params['ood_dataset']} frames"
     threshold = float(params["ood_threshold"])
     if not (math.isfinite(threshold) and threshold >= 0):
         raise ConfigError(f"ood_threshold must be >= 0 (0: the calibrated one), got {threshold}")
     if threshold > 0:
         monitor.threshold, monitor.threshold_source = threshold, "ood_threshold parameter"
+    blank = float(params["blank_image_std"])
+    if not (math.isfinite(blank) and blank >= 0):
+        raise ConfigError(f"blank_image_std must be >= 0 (0: off), got {blank}")
+    monitor.min_image_std = blank
     return monitor
 
 
@@ -90,7 +96,7 @@ def _build_monitor(entry: ModelEntry, params: dict, loader: Callable[..., Any] |
         raise ConfigError(f"need ood_samples >= 1 and 0 < ood_quantile < 1, got {samples}, {quantile}")
     encoder = loader(str(entry.path), **options)
     monitor = monitor_from_dataset(encoder, params["ood_dataset"], samples=samples, quantile=quantile,
-                                   debounce=debounce)
+                                   debounce=debounce, model_dir=entry.path)
     monitor.kind = "knn"
     return monitor
 
@@ -124,7 +130,9 @@ class MonitorLogic:
     """Sensor samples in, OOD checks in a worker thread, watchdogs, a latched stop out."""
 
     def __init__(self, monitor: LatchedMonitor, config: MonitorConfig, sensor_config: SensorConfig,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, on_result: Callable[[], None] | None = None):
+        """`on_result`: called from the worker thread when a check finished (InferenceWorker), so
+        the node can run `step` at once rather than at its next timer tick."""
         self.monitor = monitor  # score, debounce and OOD latch: runtime.ood, as in the policy runner
         self.config = config
         self.clock = clock
@@ -133,7 +141,8 @@ class MonitorLogic:
                                                  age_periods=config.stream_timeouts[1])
         self.intake = SensorIntake(sensor_config, self._observe)
         self.latch = StopLatch()
-        self.worker = InferenceWorker(lambda item: monitor.observe(*item), "ood", None, clock).start()
+        self.worker = InferenceWorker(lambda item: monitor.observe(*item), "ood", None, clock,
+                                      on_result=on_result).start()
         self._lock = threading.Lock()
         self._last_checked: float | None = None  # observation time of the last check
         self._last_submit: float | None = None  # node time of the last check
@@ -210,12 +219,14 @@ class MonitorLogic:
 
     def reset(self, now: float) -> list[str]:
         """Release the latched stop (an operator's decision); returns the reasons released. A
-        fault that persists (a silent stream) latches again at the next step; the command
-        watchdog re-arms with the next command."""
+        fault that persists (a silent stream) latches again at the next step; once commands
+        have been seen, the command watchdog counts from the release: a policy that died just
+        before or after it (no command within `command_timeout`) is flagged again."""
         with self._lock:
             released = [e.reason for e in self.latch.reset()]
             self.monitor.reset()
-            self._last_command = None
+            if self._last_command is not None:
+                self._last_command = max(self._last_command, float(now))
             return released
 
     def diagnostics(self, now: float) -> list[DiagnosticEntry]:

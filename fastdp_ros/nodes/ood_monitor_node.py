@@ -47,7 +47,10 @@ class OODMonitorNode(Node):
                                            tuple(spec.image_shape) if spec.image_keys else None,
                                            wants_tcp_pose="tcp_pose" in spec.obs_keys)
         config = MonitorConfig.from_params(p)
-        self.logic = MonitorLogic(monitor, config, sensors, clock=self.now)
+        # a finished check wakes the executor (the worker thread triggers it): the stop goes out
+        # as soon as the score is known, not at the next timer tick
+        self.check_done = self.create_guard_condition(self.on_step)
+        self.logic = MonitorLogic(monitor, config, sensors, clock=self.now, on_result=self.check_done.trigger)
         self.get_logger().info(f"monitoring with {entry.name} ({entry.path}, {monitor.kind} score, threshold "
                                f"{monitor.threshold:.4g} ({monitor.threshold_source}), debounce {monitor.debounce})")
 
@@ -57,8 +60,7 @@ class OODMonitorNode(Node):
         for key, topic in sensors.image_topics.items():
             compressed = topic.endswith("/compressed")
             self.create_subscription(CompressedImage if compressed else Image, topic,
-                                     lambda msg, key=key, c=compressed: self.logic.on_image(key, msg, self.now(), c),
-                                     common.SENSOR_QOS)
+                                     lambda msg, key=key, c=compressed: self.on_image(key, msg, c), common.SENSOR_QOS)
         self.create_subscription(JointState, p["joint_state_topic"],
                                  lambda msg: self.logic.on_joint_state(msg, self.now()),
                                  common.SENSOR_QOS)
@@ -69,13 +71,17 @@ class OODMonitorNode(Node):
         self.create_subscription(COMMAND_TYPES[p["command_interface"]], commands,
                                  lambda msg: self.logic.on_command(self.now()), common.COMMAND_QOS)
         self.reset_srv = self.create_service(Trigger, "~/reset", self.on_reset)
-        # poll twice per check period: a finished check is published within half a period
+        # the watchdogs, and a frame that came within a check period of the last check
         self.step_timer = self.create_timer(config.min_check_period / 2.0, self.on_step)
         self.diagnostics_timer = self.create_timer(float(p["diagnostics_period"]), self.on_diagnostics)
         self.stop_pub.publish(Bool(data=False))
 
     def now(self) -> float:
         return common.now_seconds(self)
+
+    def on_image(self, key: str, msg, compressed: bool) -> None:
+        if self.logic.on_image(key, msg, self.now(), compressed):
+            self.on_step()  # check the new frame now (the step submits it if a check period has passed)
 
     def on_step(self) -> None:
         step = self.logic.step(self.now())

@@ -197,12 +197,16 @@ MONITOR_PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("ood_samples", 1000, "dataset windows embedded per split (ood_dataset only)"),
     ParamSpec("ood_threshold", 0.0, "OOD score above which a check counts as out of distribution; 0: the "
                                      "threshold calibrated with the model (or on ood_dataset)"),
-    ParamSpec("ood_quantile", 0.99, "threshold quantile of held-out in-distribution scores (ood_dataset only)"),
+    ParamSpec("ood_quantile", 0.99, "threshold quantile of held-out in-distribution scores (ood_dataset only; the "
+                                     "model directory's ood_calibration.json for this dataset replaces it)"),
     ParamSpec("tcp_offset", FRANKA_HAND_TCP_OFFSET,
               "tool centre point along the hand's z axis (m), for a model observing tcp_pose: 0.1034 for the "
               "Franka Hand, 0.14 in the simulation"),
     ParamSpec("debounce", 1, "consecutive checks over the threshold that raise the stop (1: the calibration "
                              "counts every frame over its threshold as a stop, scripts/calibrate_ood.py)"),
+    ParamSpec("blank_image_std", 4.0,  # runtime.ood.BLANK_IMAGE_STD (not imported: it brings torch)
+              "a camera frame whose pixels vary less than this (std per colour channel, 0-255) counts as out of "
+              "distribution: a covered lens or a failed camera; 0 turns the check off"),
     ParamSpec("max_check_rate", 60.0, "at most this many OOD checks per second (two unsynchronised 30 Hz cameras "
                                       "give a new observation up to 60 times a second)"),
     *_sensor_params(),

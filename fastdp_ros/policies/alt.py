@@ -225,8 +225,10 @@ class ALTEncoder(nn.Module):
         return x
 
     def camera_features(self, images: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """uint8 (B, H, W, 3) per camera -> that camera's features, before the fusion head."""
-        return {key: self.cameras[key](self._prepare_image(images[key]) * 2.0 - 1.0) for key in self.image_keys}
+        """uint8 (B, H, W, 3) per camera -> that camera's features, before the fusion head (for the
+        cameras given: a monitor re-encodes only the camera whose frame is new)."""
+        return {key: self.cameras[key](self._prepare_image(images[key]) * 2.0 - 1.0)
+                for key in self.image_keys if key in images}
 
     def embed_prepared(self, images: dict[str, torch.Tensor], lowdim: torch.Tensor | None) -> torch.Tensor:
         feats = [self.cameras[k](images[k].float() * 2.0 - 1.0) for k in self.image_keys]
@@ -603,7 +605,7 @@ class ALTPolicy(Policy):
         """Each camera's encoder features of the newest frames of a batch {key: (B, n_obs, ...)}
         (runtime.ood.CameraFeatureMonitor compares them with the demonstrations')."""
         images = {k: torch.from_numpy(np.ascontiguousarray(np.asarray(obs[k])[:, -1])).to(self.device)
-                  for k in self.encoder.image_keys}
+                  for k in self.encoder.image_keys if k in obs}
         return {k: v.float().cpu().numpy() for k, v in self.encoder.camera_features(images).items()}
 
     @torch.inference_mode()

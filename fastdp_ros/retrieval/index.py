@@ -181,12 +181,7 @@ class EmbeddingIndex:
                 f"the index would hold {n_episodes} demonstration episode(s); retrieval needs at least "
                 f"{min_episodes}, otherwise every lookup replays the same demonstration"
             )
-        if config.metric == "cosine":
-            x = _normalized(x)
-        index = _make_faiss_index(faiss, config, x.shape[1], len(x))
-        if not index.is_trained:
-            index.train(x)
-        index.add(x)
+        index = _indexed(faiss, config, x)
         meta = {
             "format_version": INDEX_FORMAT_VERSION, "kind": config.kind, "metric": config.metric,
             "dim": int(x.shape[1]), "rows": int(len(x)), "episodes": int(n_episodes),
@@ -196,6 +191,19 @@ class EmbeddingIndex:
         log.info("indexed %d embeddings of dim %d from %d episodes (%s, %s)", len(x), x.shape[1], n_episodes,
                  config.kind, config.metric)
         return cls(index, table, meta, config)
+
+    @classmethod
+    def exact(cls, vectors, metric: str = "l2") -> "EmbeddingIndex":
+        """An exact in-memory index of `vectors` (N, dim) with no row table: the OOD monitors'
+        kNN (runtime.ood), searched on the CPU like a policy's lookup."""
+        faiss = import_faiss()
+        config = IndexConfig(kind="flat", metric=metric, gpu="off")
+        x = _as_matrix(vectors, "indexed vectors")
+        if len(x) == 0:
+            raise ConfigError("nothing to index: no vectors")
+        meta = {"format_version": INDEX_FORMAT_VERSION, "kind": "flat", "metric": metric, "dim": int(x.shape[1]),
+                "rows": int(len(x)), "episodes": 0, "embedding_model_hash": "", "dataset_fingerprint": ""}
+        return cls(_indexed(faiss, config, x), {}, meta, config)
 
     # --- queries -----------------------------------------------------------------------------
 
@@ -326,6 +334,17 @@ class EmbeddingIndex:
                                  "rebuild the index")
         _set_search_params(faiss, index, config)
         return cls(index, table, meta, config)
+
+
+def _indexed(faiss, config: IndexConfig, x: np.ndarray):
+    """A faiss index of `config` holding the rows of `x` (normalised first for cosine)."""
+    if config.metric == "cosine":
+        x = _normalized(x)
+    index = _make_faiss_index(faiss, config, x.shape[1], len(x))
+    if not index.is_trained:
+        index.train(x)
+    index.add(x)
+    return index
 
 
 def _faiss_metric(faiss, metric: str):

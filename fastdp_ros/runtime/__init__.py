@@ -9,7 +9,6 @@ runner against the MuJoCo simulation in real time (`fastdp run`).
 from fastdp_ros.runtime.buffer import ObservationBuffer, StreamSpec
 from fastdp_ros.runtime.loop import SIM_WORKSPACE, LoopConfig, SimPlant, VideoRecorder, run_closed_loop
 from fastdp_ros.runtime.ood import (
-    KnnIndex,
     LatchedMonitor,
     ModelScoreMonitor,
     OODMonitor,
@@ -42,7 +41,7 @@ from fastdp_ros.runtime.worker import InferenceResult, InferenceWorker, LatencyR
 
 __all__ = [
     "BLEND_MODES", "CARTESIAN_LIMITS", "SIM_WORKSPACE", "ActionScheduler", "CartesianSafetyFilter", "Command",
-    "InferenceResult", "InferenceWorker", "InvalidChunk", "KnnIndex", "LatchedMonitor", "LatencyRecord", "LoopConfig",
+    "InferenceResult", "InferenceWorker", "InvalidChunk", "LatchedMonitor", "LatencyRecord", "LoopConfig",
     "ModelScoreMonitor", "OODMonitor",
     "OODReading", "ObservationBuffer", "PolicyRunner", "RateLimiter", "RunnerConfig", "SafeCommand", "SafePose",
     "SafetyFilter", "SimPlant", "StopEvent", "StopLatch", "StreamSpec", "SwapJob", "Timing", "VideoRecorder",

@@ -2,13 +2,16 @@
 
 The monitor has its own encoder (e.g. the teacher's or ALT's `encode`, loaded separately from
 the policy that drives the arm), embeds every observation it is shown and measures the
-distance to the k-th nearest training embedding (faiss when installed, numpy otherwise).
+distance to the k-th nearest training embedding (retrieval.EmbeddingIndex.exact: the same
+faiss index and single-query search as a policy's lookup table).
 Embeddings are standardised with the training set's per-dimension mean and spread first, so
 no single feature dominates the distance.
 
 The threshold is calibrated, not guessed: `calibrate` takes embeddings of held-out
 in-distribution observations (episodes the training set did not contain) and sets the
-threshold to a quantile of their distances, i.e. an expected false-alarm rate per frame.
+threshold to a quantile of their distances (retrieval.calibrate_threshold, the rule ALT's
+training uses), i.e. an expected false-alarm rate per frame; `calibrate_false_stops` (below,
+scripts/calibrate_ood.py) calibrates any of these scores for false stops per hour instead.
 A single frame over the threshold is noise; `debounce` consecutive ones latch the stop,
 which stays raised until `reset()`.
 """
@@ -24,51 +27,10 @@ from typing import Callable
 import numpy as np
 
 from fastdp_ros.errors import ConfigError
+from fastdp_ros.retrieval.index import EmbeddingIndex
+from fastdp_ros.retrieval.ood import calibrate_threshold
 
 log = logging.getLogger(__name__)
-
-
-class KnnIndex:
-    """Exact L2 k-nearest-neighbour distances to a fixed set of vectors."""
-
-    def __init__(self, vectors: np.ndarray, use_faiss: bool | None = None):
-        x = np.ascontiguousarray(np.asarray(vectors, dtype=np.float32))
-        if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] < 1:
-            raise ConfigError(f"training embeddings must be a non-empty (n, dim) array, got shape {x.shape}")
-        if not np.all(np.isfinite(x)):
-            raise ConfigError("training embeddings contain NaN or inf")
-        self.n, self.dim = x.shape
-        self._faiss = None
-        if use_faiss is not False:
-            try:
-                import faiss
-            except ImportError:
-                if use_faiss:
-                    raise ConfigError("faiss is not installed: pip install faiss-cpu (or faiss-gpu)") from None
-                log.warning("faiss is not installed; the OOD monitor uses numpy brute-force kNN "
-                            "(fine for a few thousand embeddings; pip install faiss-cpu for more)")
-            else:
-                index = faiss.IndexFlatL2(self.dim)
-                index.add(x)
-                self._faiss = index
-        self._vectors = x
-        self._sq_norms = (x.astype(np.float64) ** 2).sum(1)
-
-    @property
-    def backend(self) -> str:
-        return "faiss" if self._faiss is not None else "numpy"
-
-    def distances(self, queries: np.ndarray, k: int = 1) -> np.ndarray:
-        """(m, k) L2 distances (not squared) of each query to its k nearest vectors, ascending."""
-        q = np.ascontiguousarray(np.asarray(queries, dtype=np.float32).reshape(-1, self.dim))
-        k = min(int(k), self.n)
-        if self._faiss is not None:
-            d2, _ = self._faiss.search(q, k)
-        else:
-            qd = q.astype(np.float64)
-            d2 = (qd ** 2).sum(1)[:, None] - 2.0 * qd @ self._vectors.T.astype(np.float64) + self._sq_norms[None]
-            d2 = np.sort(d2, axis=1)[:, :k]
-        return np.sqrt(np.maximum(d2, 0.0))
 
 
 @dataclass(frozen=True)
@@ -83,16 +45,38 @@ class OODReading:
     stamp: float
 
 
+#: a camera frame whose pixels vary less than this across the image (standard deviation per
+#: colour channel, 0-255) is blank: a covered lens, a dead or saturated sensor, a driver sending
+#: a fill colour. The push demonstrations' and closed-loop frames spread 26 or more.
+BLANK_IMAGE_STD = 4.0
+
+
+def blank_camera(obs: dict, image_keys, min_std: float = BLANK_IMAGE_STD) -> str | None:
+    """Why the newest frame of one of `image_keys` in `obs` is blank, or None. A blank frame is
+    out of distribution whatever an encoder makes of it: the learned score of a plain colour
+    close to the scene's own can stay under its threshold."""
+    for key in image_keys:
+        frame = np.asarray(obs[key])
+        frame = frame.reshape(-1, *frame.shape[-3:])[-1]  # (H, W, C) of the newest step
+        spread = float(frame.reshape(-1, frame.shape[-1]).std(0, dtype=np.float32).max())
+        if spread < min_std:
+            return (f"camera {key!r} sends a blank frame (pixel spread {spread:.2f} < {min_std:g}: "
+                    f"a covered lens or a failed camera)")
+    return None
+
+
 class LatchedMonitor:
     """Debounce and latched stop over a per-frame OOD score; subclasses define `score(obs)`.
 
     `threshold` is the calibrated score above which a frame counts as out of distribution;
     `debounce` consecutive such frames latch the stop until `reset()`. `spec` (optional) is
     the encoder's PolicySpec: the runner builds the observation history it expects from it.
-    `backend` names what computes the score (for the run's statistics).
+    `backend` names what computes the score (for the run's statistics). A blank camera frame
+    (blank_camera, cameras of `spec`) counts as over the threshold without being scored.
     """
 
     backend = ""
+    min_image_std = BLANK_IMAGE_STD
 
     def __init__(self, threshold: float | None = None, debounce: int = 3, spec=None):
         if debounce < 1:
@@ -114,11 +98,14 @@ class LatchedMonitor:
         """Score one observation and update the debounce and the latch."""
         if self.threshold is None:
             raise ConfigError("the OOD monitor has no threshold: calibrate() it or pass threshold=")
-        s = self.score(obs)
-        return self.record(s, stamp)
+        blank = blank_camera(obs, self.spec.image_keys, self.min_image_std) if self.spec is not None else None
+        if blank is not None:
+            return self.record(math.inf, stamp, why=blank)
+        return self.record(self.score(obs), stamp)
 
-    def record(self, score: float, stamp: float = 0.0) -> OODReading:
-        """Update the debounce and latch with an already computed score."""
+    def record(self, score: float, stamp: float = 0.0, why: str | None = None) -> OODReading:
+        """Update the debounce and latch with an already computed score (`why`: the stop
+        reason when it is not the score itself)."""
         over = not (score <= self.threshold)  # NaN and inf count as over
         with self._lock:
             self.counts["frames"] += 1
@@ -130,8 +117,9 @@ class LatchedMonitor:
             if over and self._consecutive >= self.debounce and not self._stopped:
                 self._stopped = True
                 self.counts["stops"] += 1
-                self.stop_reason = (f"out of distribution: score {score:.3g} > threshold "
-                                    f"{self.threshold:.3g} for {self._consecutive} consecutive frames")
+                self.stop_reason = f"out of distribution: {why}" if why else (
+                    f"out of distribution: score {score:.3g} > threshold {self.threshold:.3g} for "
+                    f"{self._consecutive} consecutive frames")
                 log.error("OOD monitor: %s", self.stop_reason)
             self.last = OODReading(score, over, self._consecutive, self._stopped, stamp)
             return self.last
@@ -156,24 +144,25 @@ class OODMonitor(LatchedMonitor):
     """
 
     def __init__(self, encoder: Callable[[dict], np.ndarray], train_embeddings, k: int = 1,
-                 threshold: float | None = None, debounce: int = 3, spec=None, use_faiss: bool | None = None):
+                 threshold: float | None = None, debounce: int = 3, spec=None):
         super().__init__(threshold, debounce, spec)
         if k < 1:
             raise ConfigError(f"k must be >= 1, got {k}")
         e = np.asarray(train_embeddings, dtype=np.float64)
-        if e.ndim != 2:
-            raise ConfigError(f"training embeddings must be (n, dim), got shape {e.shape}")
+        if e.ndim != 2 or e.shape[0] < 1 or e.shape[1] < 1:
+            raise ConfigError(f"training embeddings must be a non-empty (n, dim) array, got shape {e.shape}")
+        if not np.all(np.isfinite(e)):
+            raise ConfigError("training embeddings contain NaN or inf")
         self.encoder = encoder
         self.k = int(k)
-        self.mean = e.mean(0) if len(e) else np.zeros(e.shape[1])
+        self.mean = e.mean(0)
         # A constant feature carries no distance information; unit scale keeps it harmless.
-        std = e.std(0) if len(e) else np.ones(e.shape[1])
+        std = e.std(0)
         self.scale = np.where(std > 1e-8, std, 1.0)
-        self.index = KnnIndex(self._standardise(e), use_faiss=use_faiss)
+        self.index = EmbeddingIndex.exact(self._standardise(e))
 
-    @property
-    def backend(self) -> str:
-        return self.index.backend
+    backend = "faiss"
+    kind = "knn"  # the score's name in a calibration report (calibrated_threshold)
 
     def _standardise(self, e: np.ndarray) -> np.ndarray:
         return (np.asarray(e, dtype=np.float64) - self.mean) / self.scale
@@ -186,22 +175,27 @@ class OODMonitor(LatchedMonitor):
         e = e.reshape(1, -1) if e.ndim == 1 else e
         if e.shape[1] != self.index.dim:
             raise ConfigError(f"embedding has {e.shape[1]} values, the training embeddings have {self.index.dim}")
-        return self.index.distances(self._standardise(e), self.k)[:, -1]
+        found = self.index.search(self._standardise(e), min(self.k, len(self.index)))
+        return np.sqrt(np.maximum(found.scores[:, -1].astype(np.float64), 0.0))  # scores: squared L2
 
     def calibrate(self, held_out_embeddings, quantile: float = 0.99) -> float:
         """Threshold = `quantile` of held-out in-distribution distances (1 - quantile is the
         expected per-frame false-alarm rate). Returns the threshold."""
-        if not 0.0 < quantile < 1.0:
-            raise ConfigError(f"quantile must be in (0, 1), got {quantile}")
-        d = self.distances(held_out_embeddings)
-        if d.size == 0 or not np.all(np.isfinite(d)):
+        e = np.asarray(held_out_embeddings, dtype=np.float64)
+        if e.size == 0 or not np.all(np.isfinite(e)):
             raise ConfigError("calibration needs finite held-out embeddings (at least one)")
-        self.threshold = float(np.quantile(d, quantile))
-        log.info("OOD threshold %.4g = %.3f quantile of %d held-out distances (median %.4g, %s kNN over %d)",
-                 self.threshold, quantile, d.size, float(np.median(d)), self.index.backend, self.index.n)
+        d = self.distances(e)
+        self.threshold = calibrate_threshold(d, quantile)
+        log.info("OOD threshold %.4g = %.3f quantile of %d held-out distances (median %.4g, kNN over %d)",
+                 self.threshold, quantile, d.size, float(np.median(d)), len(self.index))
         return self.threshold
 
     # ------------------------------------------------------------------ monitoring
+
+    def score_batch(self, obs: dict) -> np.ndarray:
+        """Scores of a batch {key: (B, n_obs, ...)}, one observation at a time through the encoder."""
+        rows = len(next(iter(obs.values())))
+        return np.array([self.score({k: v[i] for k, v in obs.items()}) for i in range(rows)], dtype=np.float64)
 
     def score(self, obs: dict) -> float:
         """kNN distance of one observation's embedding; inf when the encoder returns NaN/inf."""
@@ -256,7 +250,7 @@ class CameraFeatureMonitor(LatchedMonitor):
     backend = "camera features"
 
     def __init__(self, features: Callable[[dict], dict], tables: dict, scales: dict, threshold: float | None = None,
-                 debounce: int = 3, spec=None, use_faiss: bool | None = None):
+                 debounce: int = 3, spec=None):
         super().__init__(threshold, debounce, spec)
         if not tables or set(tables) != set(scales):
             raise ConfigError(f"need a feature table and a scale for every camera, got tables for {sorted(tables)} "
@@ -265,14 +259,20 @@ class CameraFeatureMonitor(LatchedMonitor):
         if bad:
             raise ConfigError(f"camera scales must be finite and > 0, got {bad}")
         self.features = features
-        self.cameras = {k: OODMonitor(None, v, use_faiss=use_faiss) for k, v in tables.items()}
+        self.cameras = {k: OODMonitor(None, v) for k, v in tables.items()}
         self.scales = {k: float(v) for k, v in scales.items()}
+        # camera -> (its newest frame, that frame's score): two unsynchronised cameras bring one
+        # new frame per check, and only that camera's encoder needs to run
+        self._last: dict[str, tuple[np.ndarray, float]] = {}
 
     def camera_scores(self, obs: dict) -> dict[str, np.ndarray]:
-        """(B,) scaled distances per camera of an observation batch; inf for non-finite features."""
+        """(B,) scaled distances per camera of an observation batch; inf for non-finite features.
+        `features` is given only the cameras in `obs`."""
         feats = self.features(obs)
         out = {}
         for key, monitor in self.cameras.items():
+            if key not in feats:
+                continue
             f = np.asarray(feats[key], dtype=np.float64)
             f = f.reshape(len(f), -1)
             finite = np.all(np.isfinite(f), axis=1)
@@ -286,8 +286,19 @@ class CameraFeatureMonitor(LatchedMonitor):
         return np.max(np.stack(list(self.camera_scores(obs).values())), axis=0)
 
     def score(self, obs: dict) -> float:
-        batch = {k: np.asarray(v)[None] for k, v in obs.items()}
-        return float(self.score_batch(batch)[0])
+        """One observation's score; a camera whose newest frame is the one scored last time keeps
+        that score instead of being encoded again."""
+        newest = {k: np.asarray(obs[k])[-1] for k in self.cameras}
+        kept = {k: self._last[k][1] for k in self.cameras
+                if k in self._last and np.array_equal(self._last[k][0], newest[k])}
+        fresh = [k for k in self.cameras if k not in kept]
+        scores = dict(kept)
+        if fresh:
+            batch = {k: np.asarray(v)[None] for k, v in obs.items() if k not in kept}
+            for key, d in self.camera_scores(batch).items():
+                scores[key] = float(d[0])
+                self._last[key] = (newest[key].copy(), scores[key])
+        return max(scores.values())
 
 
 def build_camera_tables(features: Callable[[dict], dict], dataset_path, spec, frames: int = 6000,
@@ -391,14 +402,18 @@ def embed_dataset(encoder: Callable[[dict], np.ndarray], dataset, indices) -> np
 
 
 def monitor_from_dataset(encoder_policy, dataset_path, samples: int = 1000, quantile: float = 0.99,
-                         debounce: int = 3, k: int = 1, val_ratio: float = 0.2, seed: int = 0) -> OODMonitor:
+                         debounce: int = 3, k: int = 1, val_ratio: float = 0.2, seed: int = 0,
+                         model_dir=None) -> OODMonitor:
     """An OODMonitor whose encoder is `encoder_policy.encode`, with training embeddings from the
-    training episodes of a dataset and its threshold calibrated on held-out episodes.
+    training episodes of a dataset and its threshold calibrated on held-out episodes; given the
+    encoder's `model_dir`, its ood_calibration.json for this score ("knn", the same dataset and
+    `samples`; scripts/calibrate_ood.py --ood-dataset) replaces that threshold.
 
     At most `samples` windows are embedded from each side (evenly spread), so start-up time is
     bounded whatever the dataset's size.
     """
     from fastdp_ros.data import ReplayBuffer, WindowDataset, split_episodes
+    from fastdp_ros.data.fingerprint import dataset_fingerprint
 
     spec = encoder_policy.spec
     buffer = ReplayBuffer.open(dataset_path, required_keys=list(spec.obs_keys))
@@ -416,6 +431,13 @@ def monitor_from_dataset(encoder_policy, dataset_path, samples: int = 1000, quan
         embeddings.append(embed_dataset(encoder_policy.encode, ds, idx))
     monitor = OODMonitor(encoder_policy.encode, embeddings[0], k=k, debounce=debounce, spec=spec)
     monitor.calibrate(embeddings[1], quantile)
+    monitor.threshold_source = f"quantile {quantile} of held-out {dataset_path} frames"
+    # what the training embeddings are: a calibration for other ones measured another distance
+    monitor.embedded = {"dataset_fingerprint": dataset_fingerprint(buffer), "samples": int(samples),
+                        "val_ratio": float(val_ratio), "seed": int(seed), "k": int(k)}
+    calibrated = calibrated_threshold(model_dir, OODMonitor.kind, monitor.embedded) if model_dir is not None else None
+    if calibrated is not None:
+        monitor.threshold, monitor.threshold_source = calibrated
     return monitor
 
 
@@ -425,11 +447,12 @@ def monitor_from_dataset(encoder_policy, dataset_path, samples: int = 1000, quan
 CALIBRATION_FILE = "ood_calibration.json"
 
 
-def calibrated_threshold(model_dir, score: str = "model") -> tuple[float, str] | None:
+def calibrated_threshold(model_dir, score: str = "model", embedded: dict | None = None) -> tuple[float, str] | None:
     """(threshold, what it is for) from `model_dir`/ood_calibration.json, written by
     scripts/calibrate_ood.py, for the monitor's `score` ("model": the model's own OOD score;
-    CameraFeatureMonitor.backend); None without one. A broken file, or one calibrated for the
-    other score, raises ConfigError."""
+    CameraFeatureMonitor.backend; OODMonitor.kind with `embedded`, what its training embeddings
+    were made from); None without one, or for a kNN monitor beside another score's calibration.
+    A broken file, or one calibrated for another score or other embeddings, raises ConfigError."""
     import json
     from pathlib import Path
 
@@ -446,11 +469,18 @@ def calibrated_threshold(model_dir, score: str = "model") -> tuple[float, str] |
     if not (math.isfinite(value) and value > 0):
         raise ConfigError(f"{path} has threshold {value}: re-run scripts/calibrate_ood.py")
     calibrated_score = report.get("score", "model")
+    if calibrated_score != score and embedded is not None:
+        return None  # the model's own score was calibrated: this kNN monitor keeps its quantile
     if calibrated_score != score:
         # the two scores have different scales: one's threshold would stop the other at random or never
         raise ConfigError(f"{path} calibrates the {calibrated_score!r} score, this monitor computes {score!r}: "
                           f"re-run scripts/calibrate_ood.py --monitor {model_dir}"
-                          + (" --camera-table" if score != "model" else ""))
+                          + {"model": "", "knn": " --ood-dataset DATASET"}.get(score, " --camera-table DATASET"))
+    if embedded is not None and report.get("embedded") != embedded:
+        # kNN distances are to these training embeddings: others have another scale
+        raise ConfigError(f"{path} calibrates kNN distances to other training embeddings ({report.get('embedded')}, "
+                          f"this monitor has {embedded}): re-run scripts/calibrate_ood.py --monitor {model_dir} "
+                          f"--ood-dataset DATASET --ood-samples {embedded.get('samples')}")
     calibrated_for = report.get("monitor_model_hash")
     if calibrated_for is not None:
         from fastdp_ros.policies import model_hash

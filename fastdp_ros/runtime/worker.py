@@ -71,12 +71,17 @@ class InferenceWorker:
     """Runs `fn(inputs)` in a daemon thread on the newest submitted input.
 
     `deadline_s`: a call slower than this is a deadline miss (counted, and flagged on its
-    result). `clock` times the calls (inject a fake clock in tests).
+    result). `clock` times the calls (inject a fake clock in tests). `on_result`, if given, is
+    called from the worker thread after each result is stored (it must be quick and
+    thread-safe, e.g. triggering an rclpy guard condition), so the caller can poll at once
+    instead of at its next tick.
     """
 
     def __init__(self, fn: Callable[[Any], Any], name: str = "inference", deadline_s: float | None = None,
-                 clock: Callable[[], float] = time.monotonic, max_results: int = 64):
+                 clock: Callable[[], float] = time.monotonic, max_results: int = 64,
+                 on_result: Callable[[], None] | None = None):
         self.name = name
+        self.on_result = on_result
         self.deadline_s = deadline_s
         self.clock = clock
         self._fn = fn
@@ -208,10 +213,16 @@ class InferenceWorker:
             missed = self.deadline_s is not None and latency > self.deadline_s
             with self._cond:
                 self._busy_since = None
-                if generation == self._generation:
+                current = generation == self._generation
+                if current:
                     self._record(latency, missed, error)
                     self._results.append(InferenceResult(output, stamp, started, finished, error, generation, missed))
                 self._cond.notify_all()
+            if current and self.on_result is not None:
+                try:
+                    self.on_result()
+                except Exception as e:  # noqa: BLE001 - e.g. a node shutting down; the caller still polls
+                    log.debug("%s on_result failed: %s", self.name, e)
 
     def _record(self, latency: float, missed: bool, error: str | None) -> None:
         if error is not None:
