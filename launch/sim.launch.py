@@ -39,7 +39,7 @@ def generate_launch_description():
         DeclareLaunchArgument("robot_type", default_value="panda",
                               description="the simulation models a Franka Panda; fr3 applies FR3 limits to it"),
         DeclareLaunchArgument("monitor_policy", default_value="alt_ood", description="the OOD monitor's encoder"),
-        DeclareLaunchArgument("task", default_value="push", description="reach | push | pick_place"),
+        DeclareLaunchArgument("task", default_value="push", description="reach | push | pick_place | pick_place_around"),
         DeclareLaunchArgument("episodes", default_value="0", description="end after this many episodes; 0: run on"),
         DeclareLaunchArgument("publish_clock", default_value="false",
                               description="publish the simulated time on /clock (the other nodes then use it)"),

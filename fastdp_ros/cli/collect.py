@@ -30,7 +30,7 @@ def _cameras(text: str) -> tuple[str, ...]:
 def add_parser(sub) -> None:
     p = sub.add_parser("collect", help="record scripted expert demonstrations in MuJoCo",
                        description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--task", required=True, help="reach | push | pick_place")
+    p.add_argument("--task", required=True, help="reach | push | pick_place | pick_place_around")
     p.add_argument("--episodes", type=int, default=200, help="episodes to record")
     p.add_argument("--out", required=True, help="output zarr store (a folder)")
     p.add_argument("--seed", type=int, default=DEMO_SEED0, help="seed of the first episode (then +1 each)")
@@ -77,8 +77,9 @@ def append_step(steps: dict[str, list], obs: dict, info: dict, action, reward: f
     steps.setdefault("reward", []).append(np.float32(reward))
 
 
-def record_episode(env, seed: int, action_noise: float = 0.0) -> tuple[dict[str, np.ndarray], bool, float]:
-    """Roll the task's scripted expert out from `seed`; returns per-step arrays, success, return.
+def record_episode(env, seed: int, action_noise: float = 0.0) -> tuple[dict[str, np.ndarray], bool, float, int]:
+    """Roll the task's scripted expert out from `seed`; returns per-step arrays, success, return
+    and the expert's mode (which of its ways to do the task it drew, e.g. the side of a push).
 
     action_noise > 0 adds N(0, action_noise^2) to every arm dimension of the expert's action
     (not the gripper's, the last one); the noisy action is the one executed and recorded, while
@@ -103,7 +104,7 @@ def record_episode(env, seed: int, action_noise: float = 0.0) -> tuple[dict[str,
         success = bool(info.get("success", False))
         if terminated or truncated:
             break
-    return {k: np.stack(v) for k, v in steps.items()}, success, ret
+    return {k: np.stack(v) for k, v in steps.items()}, success, ret, int(expert.mode)
 
 
 class RolloutRecorder:
@@ -182,12 +183,13 @@ def run_collect(args) -> int:
     seed = args.seed
     # Failed expert episodes are dropped by default; give up if the expert keeps failing.
     while n_kept < args.episodes and n_tried < 3 * args.episodes + 10:
-        data, success, ret = record_episode(env, seed, args.action_noise)
+        data, success, ret, mode = record_episode(env, seed, args.action_noise)
         n_tried += 1
         n_success += success
         sim_time += len(data["action"]) * env.dt
         if success or args.keep_failed:
-            buffer.add_episode(data, episode_seed=seed, episode_success=success, episode_return=ret)
+            buffer.add_episode(data, episode_seed=seed, episode_success=success, episode_return=ret,
+                               expert_mode=mode)
             n_kept += 1
             bar.update(1)
         else:

@@ -220,7 +220,7 @@ MONITOR_PARAMETERS: tuple[ParamSpec, ...] = (
 )
 
 SIM_PARAMETERS: tuple[ParamSpec, ...] = (
-    ParamSpec("task", "push", "simulation task: reach | push | pick_place"),
+    ParamSpec("task", "push", "simulation task: reach | push | pick_place | pick_place_around"),
     ParamSpec("cameras", ["front", "wrist"], "simulation cameras to publish (fastdp collect's default)"),
     ParamSpec("image_topics", list(DEFAULT_IMAGE_TOPICS), "sensor_msgs/Image topic per camera"),
     ParamSpec("image_size", 96, "camera image height and width (px; fastdp collect's default)"),

@@ -9,6 +9,7 @@ import os
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 from fastdp_ros.sim.experts import (  # noqa: E402
+    PickPlaceAroundExpert,
     PickPlaceExpert,
     PushExpert,
     ReachExpert,
@@ -56,6 +57,7 @@ __all__ = [
     "get_task",
     "object_state",
     "make_env",
+    "PickPlaceAroundExpert",
     "PickPlaceExpert",
     "PushExpert",
     "ReachExpert",

@@ -11,7 +11,8 @@ width command moves at most at the hand's speed. Commands therefore never jump.
 The push expert is deliberately multimodal: per episode it draws a side (left or right of the
 push line) and comes down beside the cube on that side before sliding behind it. The
 pick-and-place expert draws one of the two grasp orientations of the cube (finger axis along
-one face pair or the other).
+one face pair or the other). The pick_place_around expert draws the side (left or right) on
+which it carries the cube round the post; carrying straight, the average of the two, hits it.
 """
 
 from __future__ import annotations
@@ -323,6 +324,8 @@ class PickPlaceExpert(ScriptedExpert):
 
     z_grasp_offset = -0.005  # TCP below the cube centre when grasping
 
+    ABOVE, DOWN, CLOSE, LIFT, CARRY, LOWER, OPEN, RETREAT = range(8)
+
     def __init__(self, env, rng):
         super().__init__(env, rng)
         self.mode = int(rng.integers(2))
@@ -342,47 +345,96 @@ class PickPlaceExpert(ScriptedExpert):
         open_w = self.open_width
         z_grasp = self.half + self.z_grasp_offset
 
-        if self.phase == 0:  # above the cube, open, aligned with a face pair
+        if self.phase == self.ABOVE:  # above the cube, open, aligned with a face pair
             self.yaw = self._grasp_yaw()
             yaw_err = abs(wrap(tcp_yaw(self.sim.tcp_rotation()) - self.yaw))
             if self.tcp_xy_error(cube) < 0.008 and yaw_err < 0.05 and tcp[2] < SAFE_Z + 0.02:
                 self.next_phase()
             return np.r_[cube[:2], SAFE_Z], self.yaw, open_w, self.v_max
-        if self.phase == 1:  # down around the cube
+        if self.phase == self.DOWN:  # down around the cube
             goal = np.r_[cube[:2], z_grasp]
             settled = self.phase_steps * self.dt > 1.5 and abs(tcp[2] - z_grasp) < 0.012
             if (abs(tcp[2] - z_grasp) < 0.006 or settled) and self.tcp_xy_error(cube) < 0.008:
                 self.next_phase()
             return goal, self.yaw, open_w, 0.2
-        if self.phase == 2:  # close
+        if self.phase == self.CLOSE:
             goal = np.r_[cube[:2], z_grasp]
             left, right = self.sim.finger_contacts()
             if self.w_cmd <= 0.0 and left and right and self.phase_steps >= 8:
                 self.hold_offset = cube - tcp
                 self.next_phase()
             return goal, self.yaw, 0.0, 0.05
-        if self.phase == 3:  # lift
+        if self.phase == self.LIFT:
             if tcp[2] > SAFE_Z - 0.015:
                 self.next_phase()
             return np.r_[tcp[:2], SAFE_Z], self.yaw, 0.0, 0.2
         place_xy = target[:2] - self.hold_offset[:2]
-        if self.phase == 4:  # carry
+        if self.phase == self.CARRY:
             if self.tcp_xy_error(place_xy) < 0.008:
                 self.next_phase()
             return np.r_[place_xy, SAFE_Z], self.yaw, 0.0, self.v_max
         z_place = self.half + 0.004 - self.hold_offset[2]
-        if self.phase == 5:  # lower
+        if self.phase == self.LOWER:
             if cube[2] < self.half + 0.006 or abs(tcp[2] - z_place) < 0.004:
                 self.next_phase()
             return np.r_[place_xy, z_place], self.yaw, 0.0, 0.15
-        if self.phase == 6:  # open
+        if self.phase == self.OPEN:
             if self.sim.gripper_width() > 2 * self.half + 0.015:
                 self.next_phase()
             return np.r_[place_xy, z_place], self.yaw, open_w, 0.1
         return np.r_[place_xy, SAFE_Z], self.yaw, open_w, 0.2  # retreat
 
 
-_EXPERTS = {"reach": ReachExpert, "push": PushExpert, "pick_place": PickPlaceExpert}
+class PickPlaceAroundExpert(PickPlaceExpert):
+    """pick_place_around: grasp as :class:`PickPlaceExpert`, then carry the cube around the post
+    on the left (``mode`` 0) or the right (``mode`` 1) of the cube -> target line.
+
+    The carry passes two waypoints beside the post, before and after its centre, at
+    :attr:`clearance` from it across the line (the post's half width + the cube's half diagonal +
+    :attr:`margin`); the hand itself is above the post's top. The grasp orientation is not
+    random here: the finger axis goes across the line, so that the hand, long along that axis
+    (+-0.10 m), keeps its narrow side to the post while it is down at the cube or the target.
+    ``straight=True`` carries along the line itself, the average of the two modes (for tests:
+    it runs into the post); ``mode`` is still drawn then, but not used.
+    """
+
+    margin = 0.03
+
+    ABOVE, DOWN, CLOSE, LIFT, PASS_IN, PASS_OUT, CARRY, LOWER, OPEN, RETREAT = range(10)
+
+    def __init__(self, env, rng, straight: bool = False):
+        cube, goal = env.sim.cube_pose()[:2], env.goal[:2]
+        self.line = (goal - cube) / np.linalg.norm(goal - cube)
+        super().__init__(env, rng)  # draws the mode; the grasp yaw follows self.line
+        self.side = 0.0 if straight else (1.0 if self.mode == 0 else -1.0)
+        post_half = self.sim.config.obstacle_half_width
+        self.clearance = post_half + math.sqrt(2.0) * self.half + self.margin
+        # The waypoints lie this far before / after the post's centre along the line: the cube
+        # passes the post's corners with the same margin.
+        self.pass_along = post_half + math.sqrt(2.0) * self.half
+
+    def _grasp_yaw(self) -> float:
+        # Of the cube's two face pairs, the one whose grasp puts the finger axis across the line
+        # (TCP yaw along the line; the hand is symmetric under a half turn).
+        cube_yaw = yaw_of_quat(self.sim.cube_pose()[3:])
+        line_yaw = math.atan2(self.line[1], self.line[0])
+        return nearest_equivalent(nearest_equivalent(cube_yaw, math.pi / 2, line_yaw), math.pi, 0.0)
+
+    def plan(self, env):
+        if self.phase not in (self.PASS_IN, self.PASS_OUT):
+            return super().plan(env)
+        post = self.sim.obstacle_position()[:2]
+        normal = np.array([-self.line[1], self.line[0]])  # to the left of the line
+        along = -1.0 if self.phase == self.PASS_IN else 1.0
+        cube_xy = post + self.side * self.clearance * normal + along * self.pass_along * self.line
+        waypoint = cube_xy - self.hold_offset[:2]
+        if self.tcp_xy_error(waypoint) < 0.02:
+            self.next_phase()
+        return np.r_[waypoint, SAFE_Z], self.yaw, 0.0, self.v_max
+
+
+_EXPERTS = {"reach": ReachExpert, "push": PushExpert, "pick_place": PickPlaceExpert,
+            "pick_place_around": PickPlaceAroundExpert}
 
 
 def make_expert(task_name: str, env: FrankaEnv, rng: np.random.Generator | int | None = None):

@@ -70,6 +70,8 @@ class SceneConfig:
     collision meshes (~2.5k triangles; a 96 px frame renders in about 1 ms with Mesa's
     software EGL), ``"full"`` with its visual meshes (136k triangles; 5-10 ms per frame).
     Physics is the same either way.
+    ``obstacle``: a static square post standing on the table (placed per episode with
+    :meth:`FrankaSim.set_obstacle`); it collides with the cube and the arm.
     """
 
     cube: bool = True
@@ -80,6 +82,9 @@ class SceneConfig:
     image_size: tuple[int, int] | int = (96, 96)
     timestep: float = 0.002
     mesh_detail: str = "coarse"
+    obstacle: bool = False
+    obstacle_half_width: float = 0.02
+    obstacle_half_height: float = 0.09
 
     def __post_init__(self) -> None:
         if self.mesh_detail not in MESH_DETAILS:
@@ -102,6 +107,12 @@ class SceneConfig:
             raise ConfigError(
                 f"cube_half_size must be in [0.01, 0.035] m (the hand opens 0.08 m), "
                 f"got {self.cube_half_size}"
+            )
+        if not (0.01 <= self.obstacle_half_width <= 0.05
+                and 0.05 <= self.obstacle_half_height <= 0.4):
+            raise ConfigError(
+                f"obstacle half sizes must be in [0.01, 0.05] m (width) and [0.05, 0.4] m "
+                f"(height), got {self.obstacle_half_width} and {self.obstacle_half_height}"
             )
 
     @property
@@ -188,6 +199,7 @@ _SCENE_XML = """
     <include file="chain.xml"/>
     {cube}
     {target}
+    {obstacle}
   </worldbody>
   <include file="actuator.xml"/>
 </mujoco>
@@ -217,6 +229,14 @@ _TARGET_XML = {
     "none": "",
 }
 
+# A mocap body: static in the physics (nothing pushes it), moved per episode via mocap_pos.
+_OBSTACLE_XML = """
+    <body name="obstacle" mocap="true" pos="0.5 0.1 {half_height}">
+      <geom name="obstacle" type="box" size="{half_width} {half_width} {half_height}"
+            rgba="0.55 0.56 0.60 1" friction="0.6 0.005 0.0001"/>
+    </body>
+"""
+
 
 def build_spec(config: SceneConfig) -> mujoco.MjSpec:
     """The scene as an editable :class:`mujoco.MjSpec` (not compiled)."""
@@ -227,6 +247,11 @@ def build_spec(config: SceneConfig) -> mujoco.MjSpec:
         _CUBE_XML.format(half=config.cube_half_size, mass=config.cube_mass) if config.cube else ""
     )
     target = _TARGET_XML[config.target].format(radius=config.target_radius)
+    obstacle = (
+        _OBSTACLE_XML.format(half_width=config.obstacle_half_width,
+                             half_height=config.obstacle_half_height)
+        if config.obstacle else ""
+    )
     xml = _SCENE_XML.format(
         timestep=config.timestep,
         offwidth=max(640, w),
@@ -236,6 +261,7 @@ def build_spec(config: SceneConfig) -> mujoco.MjSpec:
         front_fovy=FRONT_CAMERA_FOVY,
         cube=cube,
         target=target,
+        obstacle=obstacle,
     )
     spec = mujoco.MjSpec.from_string(xml, include=dict(includes), assets=dict(assets))
     _edit_robot(spec)
@@ -381,6 +407,14 @@ class FrankaSim:
         right = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_BODY, "panda_rightfinger")
         self._left_geoms = np.flatnonzero(m.geom_bodyid == left)
         self._right_geoms = np.flatnonzero(m.geom_bodyid == right)
+        obstacle = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_BODY, "obstacle")
+        self.has_obstacle = obstacle >= 0
+        if self.has_obstacle:
+            self._obstacle_mocap = int(m.body_mocapid[obstacle])
+            self._obstacle_geom = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_GEOM, "obstacle")
+            # Every geom of the arm's tree: links, hand and fingers.
+            base = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_BODY, "panda_link0")
+            self._robot_geoms = np.flatnonzero(m.body_rootid[m.geom_bodyid] == base)
 
         self.camera_names = tuple(
             mujoco.mj_id2name(m, mujoco.mjtObj.mjOBJ_CAMERA, i) for i in range(m.ncam)
@@ -427,10 +461,12 @@ class FrankaSim:
         gripper_width: float | None = None,
         cube_pose=None,
         target_pos=None,
+        obstacle_xy=None,
     ) -> None:
         """Reset physics: arm at ``q_arm`` (real coords, default home), hand at ``gripper_width``
         (default fully open), the cube at ``cube_pose`` (xyz + quat wxyz; default on the table),
-        the target marker at ``target_pos``. Commands are set to hold that state."""
+        the target marker at ``target_pos``, the obstacle at ``obstacle_xy`` (default: the
+        model's place). Commands are set to hold that state."""
         m, d = self.model, self.data
         mujoco.mj_resetData(m, d)
         q_arm = self.robot.home_position if q_arm is None else np.asarray(q_arm, dtype=np.float64)
@@ -447,6 +483,8 @@ class FrankaSim:
             self.set_cube_pose(cube_pose)
         if target_pos is not None:
             self.set_target(target_pos)
+        if obstacle_xy is not None:
+            self.set_obstacle(obstacle_xy)
         self.set_command(q_arm, width)
         self._t_goal = 0.0
         mujoco.mj_forward(m, d)
@@ -475,6 +513,22 @@ class FrankaSim:
         if self._target_mocap < 0:
             raise ConfigError("this scene has no target marker")
         return self.data.mocap_pos[self._target_mocap].copy()
+
+    def set_obstacle(self, xy) -> None:
+        """Stand the obstacle (post) on the table with its centre line at ``xy``."""
+        if not self.has_obstacle:
+            raise ConfigError("this scene has no obstacle (SceneConfig(obstacle=True) adds one)")
+        xy = np.asarray(xy, dtype=np.float64).reshape(-1)
+        if xy.shape != (2,) or not np.all(np.isfinite(xy)):
+            raise ConfigError(f"obstacle position must be 2 finite values (x, y), got {xy!r}")
+        self.data.mocap_pos[self._obstacle_mocap] = [xy[0], xy[1],
+                                                     self.config.obstacle_half_height]
+
+    def obstacle_position(self) -> np.ndarray:
+        """The obstacle's centre (xyz, m)."""
+        if not self.has_obstacle:
+            raise ConfigError("this scene has no obstacle (SceneConfig(obstacle=True) adds one)")
+        return self.data.mocap_pos[self._obstacle_mocap].copy()
 
     # ----------------------------------------------------------------- commands and physics
 
@@ -560,6 +614,16 @@ class FrankaSim:
         return bool(np.isin(others, self._left_geoms).any()), bool(
             np.isin(others, self._right_geoms).any()
         )
+
+    def obstacle_contacts(self) -> tuple[bool, bool]:
+        """Whether the cube / the robot (any link, the hand or a finger) touches the obstacle."""
+        if not self.has_obstacle or self.data.ncon == 0:
+            return False, False
+        geoms = self.data.contact.geom[: self.data.ncon]
+        with_post = geoms[(geoms == self._obstacle_geom).any(axis=1)]
+        others = with_post[with_post != self._obstacle_geom]
+        cube = self.has_cube and bool((others == self._cube_geom).any())
+        return cube, bool(np.isin(others, self._robot_geoms).any())
 
     # ----------------------------------------------------------------- kinematics
 

@@ -5,14 +5,17 @@ Tasks
 ``reach``       move the TCP to a randomized target point (a green sphere).
 ``push``        push a cube along the table into a goal region (a green disc).
 ``pick_place``  pick the cube up and place it on a target (a green disc), then let go.
+``pick_place_around``  pick_place with a post between the cube and the target: the cube
+                has to be carried around it, on the left or on the right.
 
 Every task randomizes its initial state from the seed given to :meth:`FrankaEnv.reset`,
 has a success predicate (``terminated`` when it holds), a reward per step of a dense shaped
-score in ``[0, 1]`` minus :data:`STEP_COST`, plus :data:`SUCCESS_BONUS` on the step that
-succeeds, and a time limit (``truncated`` when it is reached). The step cost is what makes the
-return rank policies by success: an episode ends at success, and with rewards that are never
-negative a policy that hovers near the goal until the time limit would collect more than one that
-finishes (measured: failed push episodes returned 22-33, successful ones 17-18).
+score in ``[0, 1]`` (less a penalty while touching pick_place_around's post) minus
+:data:`STEP_COST`, plus :data:`SUCCESS_BONUS` on the step that succeeds, and a time limit
+(``truncated`` when it is reached). The step cost is what makes the return rank policies by
+success: an episode ends at success, and with rewards that are never negative a policy that
+hovers near the goal until the time limit would collect more than one that finishes
+(measured: failed push episodes returned 22-33, successful ones 17-18).
 
 Actions are 8 numbers: 7 joint position targets (rad, real Panda coordinates) and the hand's
 opening width target (m). They are rounded to float32 (so that actions stored as float32
@@ -58,12 +61,13 @@ def yaw_of_quat(quat) -> float:
 
 @dataclass
 class TaskState:
-    """What a reset drew: the arm, hand, cube and target."""
+    """What a reset drew: the arm, hand, cube, target and obstacle (centre xyz, if any)."""
 
     q_arm: np.ndarray
     gripper_width: float
     cube_pose: np.ndarray | None
     target: np.ndarray
+    obstacle: np.ndarray | None = None
 
 
 class Task:
@@ -197,7 +201,49 @@ class PickPlaceTask(CubeTask):
                                  "grasped": grasped}
 
 
-_TASK_CLASSES = {cls.name: cls for cls in (ReachTask, PushTask, PickPlaceTask)}
+class PickPlaceAroundTask(PickPlaceTask):
+    """pick_place with a post standing between cube and target, near their midpoint.
+
+    The post (SceneConfig's: 0.04 m square, 0.18 m tall) reaches above the carried cube (0.10 to
+    0.15 m at the experts' carry height; the hand, 0.07 m and more above the TCP, passes over
+    it) but stays below the forearm, which hangs about 0.19 m above the TCP when the hand is
+    down at the table: a taller post would be hit by the forearm while grasping or placing near
+    it. So the way is round it, left or right. Cube and target are further apart than in
+    pick_place to leave room for the post and the hand between them. Touching the post (cube
+    or any part of the robot) costs :attr:`contact_penalty` of shaped score per step, so the
+    score lies in [-0.5, 1].
+    """
+
+    name = "pick_place_around"
+    time_limit = 18.0
+    cube_box = (np.array([0.42, -0.16]), np.array([0.60, 0.16]))
+    goal_box = (np.array([0.40, -0.24]), np.array([0.64, 0.24]))
+    distance_range = (0.24, 0.32)
+    obstacle_jitter = 0.01  # m along the cube -> target line, around the midpoint
+    contact_penalty = 0.5
+
+    def scene_config(self, image_size, timestep, mesh_detail="coarse") -> SceneConfig:
+        return SceneConfig(cube=True, target=self.target_kind, target_radius=self.target_radius,
+                           image_size=image_size, timestep=timestep, mesh_detail=mesh_detail,
+                           obstacle=True)
+
+    def sample(self, rng, sim):
+        state = super().sample(rng, sim)
+        cube, target = state.cube_pose[:2], state.target[:2]
+        line = (target - cube) / np.linalg.norm(target - cube)
+        xy = (cube + target) / 2 + rng.uniform(-1.0, 1.0) * self.obstacle_jitter * line
+        state.obstacle = np.array([xy[0], xy[1], sim.config.obstacle_half_height])
+        return state
+
+    def evaluate(self, sim, state):
+        reward, success, extra = super().evaluate(sim, state)
+        contact = any(sim.obstacle_contacts())
+        extra["obstacle_contact"] = contact
+        return reward - self.contact_penalty * float(contact), success, extra
+
+
+_TASK_CLASSES = {cls.name: cls for cls in (ReachTask, PushTask, PickPlaceTask,
+                                           PickPlaceAroundTask)}
 TASKS: tuple[str, ...] = tuple(_TASK_CLASSES)
 
 
@@ -272,7 +318,8 @@ class FrankaEnv:
         self.state = self.task.sample(self.np_random, self.sim)
         s = self.state
         self.sim.reset(q_arm=s.q_arm, gripper_width=s.gripper_width, cube_pose=s.cube_pose,
-                       target_pos=s.target)
+                       target_pos=s.target,
+                       obstacle_xy=None if s.obstacle is None else s.obstacle[:2])
         self.elapsed_steps = 0
         self._succeeded = False
         _, success, extra = self.task.evaluate(self.sim, s)
@@ -330,6 +377,8 @@ class FrankaEnv:
         }
         if self.sim.has_cube:
             info["cube_pose"] = self.sim.cube_pose()
+        if self.sim.has_obstacle:
+            info["obstacle_pos"] = self.sim.obstacle_position()
         info.update(extra)
         return info
 
@@ -395,8 +444,11 @@ def make_env(
 
 
 def object_state(info: dict) -> np.ndarray:
-    """Privileged task state for low-dimensional policies: target xyz (+ cube pose xyz+wxyz)."""
+    """Privileged task state for low-dimensional policies: target xyz (+ cube pose xyz+wxyz)
+    (+ obstacle xy)."""
     parts = [np.asarray(info["target_pos"], np.float32)]
     if "cube_pose" in info:
         parts.append(np.asarray(info["cube_pose"], np.float32))
+    if "obstacle_pos" in info:
+        parts.append(np.asarray(info["obstacle_pos"][:2], np.float32))
     return np.concatenate(parts)
