@@ -43,36 +43,27 @@ def collect(policy: str, task: str, episodes: int, seed: int, out: Path) -> None
 
 def episode_scores(monitor, buffer) -> tuple[list[np.ndarray], dict]:
     """Check scores per episode (every recorded frame with its history), and the windows."""
-    from fastdp_ros.retrieval import observation_windows
+    from fastdp_ros.retrieval import episode_observations, window_batches
 
     spec = monitor.spec
     sequences, parts = [], {k: [] for k in spec.obs_keys}
     for ep in range(buffer.n_episodes):
-        data = buffer.get_episode(ep, list(spec.obs_keys))
-        data = {k: v if v.ndim == 4 else v.reshape(len(v), -1) for k, v in data.items()}
-        length = len(next(iter(data.values())))
-        window = observation_windows(data, np.arange(length), spec.n_obs_steps)
-        scores = np.concatenate([monitor.score_batch({k: v[i:i + 256] for k, v in window.items()})
-                                 for i in range(0, length, 256)])
-        sequences.append(np.asarray(scores, np.float64))
+        windows = list(window_batches(episode_observations(buffer, ep, spec.obs_keys), spec.n_obs_steps))
+        sequences.append(np.concatenate([monitor.score_batch(w) for w in windows]).astype(np.float64))
         for k in spec.obs_keys:
-            parts[k].append(window[k])
+            parts[k].extend(w[k] for w in windows)
     return sequences, {k: np.concatenate(v) for k, v in parts.items()}
 
 
 def camera_distances(monitor, buffer) -> dict[str, np.ndarray]:
     """Every recorded frame's distance per camera (a CameraFeatureMonitor with unit scales)."""
-    from fastdp_ros.retrieval import observation_windows
+    from fastdp_ros.retrieval import episode_observations, window_batches
 
     spec = monitor.spec
     out = {k: [] for k in spec.image_keys}
     for ep in range(buffer.n_episodes):
-        data = buffer.get_episode(ep, list(spec.obs_keys))
-        data = {k: v if v.ndim == 4 else v.reshape(len(v), -1) for k, v in data.items()}
-        length = len(next(iter(data.values())))
-        window = observation_windows(data, np.arange(length), spec.n_obs_steps)
-        for i in range(0, length, 256):
-            for k, d in monitor.camera_scores({key: v[i:i + 256] for key, v in window.items()}).items():
+        for window in window_batches(episode_observations(buffer, ep, spec.obs_keys), spec.n_obs_steps):
+            for k, d in monitor.camera_scores(window).items():
                 out[k].append(d)
     return {k: np.concatenate(v) for k, v in out.items()}
 

@@ -95,10 +95,8 @@ def _build_monitor(entry: ModelEntry, params: dict, loader: Callable[..., Any] |
     if samples < 1 or not 0.0 < quantile < 1.0:
         raise ConfigError(f"need ood_samples >= 1 and 0 < ood_quantile < 1, got {samples}, {quantile}")
     encoder = loader(str(entry.path), **options)
-    monitor = monitor_from_dataset(encoder, params["ood_dataset"], samples=samples, quantile=quantile,
-                                   debounce=debounce, model_dir=entry.path)
-    monitor.kind = "knn"
-    return monitor
+    return monitor_from_dataset(encoder, params["ood_dataset"], samples=samples, quantile=quantile,
+                                debounce=debounce, model_dir=entry.path)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,14 @@
 This layer sits below policies/: it knows embeddings, rows and datasets, not networks.
 """
 
-from fastdp_ros.retrieval.demos import ActionChunks, check_dataset, embed_demonstrations, observation_windows
+from fastdp_ros.retrieval.demos import (
+    ActionChunks,
+    check_dataset,
+    embed_demonstrations,
+    episode_observations,
+    observation_windows,
+    window_batches,
+)
 from fastdp_ros.retrieval.index import (
     INDEX_DIR,
     INDEX_KINDS,
@@ -24,6 +31,6 @@ from fastdp_ros.retrieval.ood import PERTURBATIONS, auroc, calibrate_threshold, 
 
 __all__ = [
     "ActionChunks", "EmbeddingIndex", "INDEX_DIR", "INDEX_KINDS", "IndexConfig", "METRICS", "PERTURBATIONS",
-    "SearchResult", "auroc", "calibrate_threshold", "check_dataset", "embed_demonstrations", "file_hash",
-    "import_faiss", "observation_windows", "ood_evaluation", "perturb_images",
+    "SearchResult", "auroc", "calibrate_threshold", "check_dataset", "embed_demonstrations", "episode_observations",
+    "file_hash", "import_faiss", "observation_windows", "ood_evaluation", "perturb_images", "window_batches",
 ]

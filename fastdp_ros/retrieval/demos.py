@@ -59,6 +59,22 @@ def observation_windows(arrays: Mapping[str, np.ndarray], frames: np.ndarray, n_
     return {k: v[idx] for k, v in arrays.items()}
 
 
+def episode_observations(buffer, episode: int, obs_keys: Sequence[str]) -> dict[str, np.ndarray]:
+    """One episode's `obs_keys`, low-dimensional ones as (L, dim) vectors, as a policy observes them."""
+    data = buffer.get_episode(int(episode), list(obs_keys))
+    return {k: v if v.ndim == 4 else v.reshape(len(v), -1) for k, v in data.items()}
+
+
+def window_batches(data: Mapping[str, np.ndarray], n_obs_steps: int, frames: np.ndarray | None = None,
+                   batch_size: int = 256):
+    """Observation windows {key: (B, n_obs_steps, ...)} of `frames` (default: every frame) of one
+    episode's arrays, `batch_size` frames at a time."""
+    if frames is None:
+        frames = np.arange(len(next(iter(data.values()))))
+    for start in range(0, len(frames), batch_size):
+        yield observation_windows(data, frames[start:start + batch_size], n_obs_steps)
+
+
 def embed_demonstrations(buffer, episodes: Sequence[int], obs_keys: Sequence[str], action_key: str,
                          n_obs_steps: int, embed_batch: EmbedBatch, batch_size: int = 256,
                          show_progress: bool = True) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -72,16 +88,12 @@ def embed_demonstrations(buffer, episodes: Sequence[int], obs_keys: Sequence[str
         raise DatasetError(f"no episodes of {buffer.path} to index")
     embeddings, episode_col, frame_col, action_col = [], [], [], []
     for ep in tqdm(episodes, desc="embed", unit="episode", disable=not show_progress):
-        data = buffer.get_episode(ep, list(obs_keys) + [action_key])
-        actions = data.pop(action_key).reshape(len(data[obs_keys[0]]), -1).astype(np.float32)
-        for key in obs_keys:  # low-dimensional keys as (L, dim) vectors, as a policy observes them
-            if data[key].ndim != 4:
-                data[key] = data[key].reshape(len(data[key]), -1)
+        data = episode_observations(buffer, ep, list(obs_keys) + [action_key])
+        actions = data.pop(action_key).astype(np.float32)
         length = len(actions)
-        for start in range(0, length, batch_size):
-            frames = np.arange(start, min(start + batch_size, length))
-            z = np.asarray(embed_batch(observation_windows(data, frames, n_obs_steps)), dtype=np.float32)
-            embeddings.append(z.reshape(len(frames), -1))
+        for window in window_batches(data, n_obs_steps, batch_size=batch_size):
+            z = np.asarray(embed_batch(window), dtype=np.float32)
+            embeddings.append(z.reshape(len(z), -1))
         episode_col.append(np.full(length, ep, np.int32))
         frame_col.append(np.arange(length, dtype=np.int32))
         action_col.append(actions)

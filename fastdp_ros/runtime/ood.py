@@ -305,7 +305,7 @@ def build_camera_tables(features: Callable[[dict], dict], dataset_path, spec, fr
                         batch: int = 256) -> dict:
     """Per camera: the features of up to `frames` frames of the dataset (evenly spread)."""
     from fastdp_ros.data import ReplayBuffer
-    from fastdp_ros.retrieval import observation_windows
+    from fastdp_ros.retrieval import episode_observations, window_batches
 
     if not spec.image_keys:
         raise ConfigError("the camera-feature OOD score needs a model with cameras")
@@ -319,11 +319,9 @@ def build_camera_tables(features: Callable[[dict], dict], dataset_path, spec, fr
         take = rows[(rows >= lo) & (rows < hi)] - lo
         if len(take) == 0:
             continue
-        data = {k: np.asarray(buffer[k][lo:hi]) for k in spec.obs_keys}
-        data = {k: v if v.ndim == 4 else v.reshape(len(v), -1) for k, v in data.items()}
-        window = observation_windows(data, take, spec.n_obs_steps)
-        for i in range(0, len(take), batch):
-            f = features({k: v[i:i + batch] for k, v in window.items()})
+        data = episode_observations(buffer, ep, spec.obs_keys)
+        for window in window_batches(data, spec.n_obs_steps, take, batch):
+            f = features(window)
             for k in spec.image_keys:
                 out[k].append(np.asarray(f[k], dtype=np.float32))
     return {k: np.concatenate(v) for k, v in out.items()}
