@@ -4,6 +4,8 @@ import json
 import logging
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import fastdp_ros
 from fastdp_ros.cli.main import main
@@ -68,9 +70,16 @@ def test_bench_load_times_every_row_quiet_and_beside_busy_processes(model, tmp_p
     assert "| load |" in table and "| tiny_dp | torch | 1 |" in table  # the load column, the ratio table
 
 
+def eval_report(path, model, nfe: int, rate: float, mean_return: float, modes: dict | None = None):
+    """A `fastdp eval --out` report with the fields the bench reads."""
+    path.write_text(json.dumps({"success_rate": rate, "success_ci95": [rate / 2, (1 + rate) / 2], "nfe": nfe,
+                                "mean_return": mean_return, "mode_coverage": modes or {},
+                                "extra": {"model": str(model)}}))
+    return path
+
+
 def test_bench_records_unavailable_backends_and_eval_results(model, tmp_path):
-    report_file = tmp_path / "eval.json"
-    report_file.write_text(json.dumps({"success_rate": 0.75, "nfe": 4, "extra": {"model": str(model)}}))
+    report_file = eval_report(tmp_path / "eval.json", model, 4, 0.75, -40.0)
     out = tmp_path / "bench"
     assert main(["bench", str(model), "--backend", "torch,tensorrt", "--calls", "5", "--warmup", "1",
                  "--threads", "1", "--in-process", "--out", str(out), "--eval", str(report_file)]) == 0
@@ -82,9 +91,8 @@ def test_bench_records_unavailable_backends_and_eval_results(model, tmp_path):
 
 def test_one_model_benched_with_two_samplers_gets_the_matching_eval_result(model, tmp_path):
     reports = []
-    for nfe, rate in ((4, 0.5), (2, 0.25)):
-        reports.append(tmp_path / f"eval{nfe}.json")
-        reports[-1].write_text(json.dumps({"success_rate": rate, "nfe": nfe, "extra": {"model": str(model)}}))
+    for nfe, rate, ret in ((4, 0.5, -60.0), (2, 0.25, -50.0)):
+        reports.append(eval_report(tmp_path / f"eval{nfe}.json", model, nfe, rate, ret, {"0": 3, "1": 2}))
     out = tmp_path / "bench"
     assert main(["bench", str(model), f"{model}#sampler=ddim,steps=2", "--backend", "torch", "--calls", "5",
                  "--warmup", "1", "--threads", "1", "--in-process", "--out", str(out),
@@ -95,6 +103,15 @@ def test_one_model_benched_with_two_samplers_gets_the_matching_eval_result(model
     rows = report["rows"]
     assert [(r["name"], r["nfe"], r["success_rate"]) for r in rows] == [
         ("tiny_dp", 4, 0.5), ("tiny_dp (sampler=ddim, steps=2)", 2, 0.25)]
+    assert [(r["mean_return"], r["mode_coverage"]) for r in rows] == [(-60.0, {"0": 3, "1": 2}),
+                                                                      (-50.0, {"0": 3, "1": 2})]
+    # DDIM-2 has the higher return; whether it is also faster at p99 decides the rest of the front
+    ddpm, ddim = rows
+    assert ddim["pareto_return"] and ddpm["pareto_success"]
+    assert ddim["pareto_success"] == (ddim["latency_ms"]["p99"] < ddpm["latency_ms"]["p99"])
+    assert ddpm["pareto_return"] == (ddpm["latency_ms"]["p99"] < ddim["latency_ms"]["p99"])
+    table = (out / "bench.md").read_text()
+    assert "50% (25%-75%)" in table and "0: 3, 1: 2" in table and "Pareto" in table
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -110,3 +127,15 @@ def test_bad_input_is_one_clear_error(model, tmp_path, caplog, argv, message):
         assert main(argv) == 2
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and message in errors[0], errors
+
+
+@given(st.lists(st.tuples(st.floats(0.1, 100.0), st.floats(0.0, 1.0)), min_size=1, max_size=12))
+def test_pareto_front_is_the_set_of_undominated_points(points):
+    from fastdp_ros.engines.bench import pareto_front
+
+    front = pareto_front(points)
+    def dominates(a, b):
+        return a[0] <= b[0] and a[1] >= b[1] and a != b
+    assert any(front)  # the cheapest of the best is always on it
+    for p, on in zip(points, front):
+        assert on == (not any(dominates(q, p) for q in points))

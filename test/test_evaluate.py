@@ -63,3 +63,14 @@ def test_wilson_interval():
     lo, hi = wilson_interval(45, 50)
     assert lo < 0.9 < hi
     assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+def test_mode_coverage_counts_successful_episodes_per_reported_mode():
+    from fastdp_ros.runtime.evaluate import EpisodeResult, mode_coverage
+
+    results = [EpisodeResult(i, success, 0.0, 10, 2, final)
+               for i, (success, final) in enumerate([(True, {"route_mode": 1.0}), (True, {"route_mode": 0.0}),
+                                                     (True, {"route_mode": 1.0}), (False, {"route_mode": 0.0}),
+                                                     (True, {"route_mode": -1.0})])]
+    assert mode_coverage(results) == {"-1": 1, "0": 1, "1": 2}
+    assert mode_coverage([EpisodeResult(0, True, 0.0, 10, 2, {"cube_goal_distance": 0.01})]) == {}

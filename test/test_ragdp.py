@@ -204,3 +204,28 @@ def test_bad_datasets_are_clear_errors(models, tmp_path, caplog):
         assert main(["index", "--policy", "ragdp", "--teacher", str(models["teacher"]),
                      "--out", str(models["teacher"])]) == 2
     assert "(alt is made by `fastdp train`)" in caplog.text and "teacher's own directory" in caplog.text
+
+
+@pytest.mark.parametrize("case", ["ddim", "ddpm", "relative"])
+def test_onnx_engine_runs_the_refining_loop_and_matches_eager_act(models, case, one_torch_thread):
+    # the encoder and faiss run before the engine (act_through); the sampler loop is the graph
+    pytest.importorskip("onnxruntime")
+    from fastdp_ros.engines.policy import load_engine_policy
+
+    root, options = models["root"], {}
+    model = models["rag"]
+    if case == "ddpm":  # stochastic: per-step noise is a graph input drawn in act()'s order
+        options = {"sampler": "ddpm", "steps": 100, "leap_ratio": 0.05}
+    elif case == "relative":  # actions relative to the joints: their current value is an input too
+        teacher = make_teacher(root / "dp_rel", models["ds"], relative_to="joint_pos")
+        model = build_ragdp(teacher, models["ds"], root / "rag_rel", RAGDPConfig(leap_ratio=0.5),
+                            show_progress=False)
+    eager = load_policy(model, seed=5, **options)
+    engine = load_engine_policy(model, backend="onnxruntime", seed=5, threads=1, **options)
+    assert engine.info.parity_max_abs_diff <= engine.info.parity_tolerance
+    assert engine.nfe == eager.nfe > 0
+    buf = ReplayBuffer.open(models["ds"])
+    for episode, frame in [(0, 3), (1, 7), (2, 5)]:
+        obs = observation(buf, episode, frame)
+        np.testing.assert_allclose(engine.act(obs), eager.act(obs), atol=1e-4)
+    assert engine.base.last_retrieval["episode"] == 2  # the retrieval ran in the engine's act() too

@@ -24,6 +24,7 @@ from fastdp_ros.sim import (
     make_expert,
     object_state,
 )
+from fastdp_ros.sim.tasks import PickPlaceAroundTask
 
 TASK = "pick_place_around"
 SEEDS = range(10)
@@ -61,7 +62,7 @@ def carry(env, seed: int, straight: bool = False) -> dict:
         if terminated or truncated:
             break
     return {"success": info["success"], "mode": expert.mode, "contact_steps": contact_steps,
-            "lateral": lateral, "actions": np.array(actions)}
+            "lateral": lateral, "actions": np.array(actions), "route_mode": info["route_mode"]}
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +85,26 @@ def test_expert_goes_round_on_both_sides(expert_runs):
         if r["success"]:
             assert np.sign(r["lateral"]) == (1.0 if r["mode"] == 0 else -1.0)
             assert abs(r["lateral"]) > 0.05
+
+
+def test_the_task_reads_the_route_taken_as_the_expert_mode(expert_runs):
+    # what `fastdp eval` reports per episode (final["route_mode"]), for any policy's mode coverage
+    for r in expert_runs:
+        if r["success"]:
+            assert r["route_mode"] == r["mode"]
+
+
+def test_route_mode_is_unset_until_the_cube_passes_the_post(env):
+    _, info = env.reset(seed=4)
+    assert info["route_mode"] == -1
+    state = env.state
+    start, post = state.cube_pose[:2], state.obstacle[:2]
+    line = (state.target[:2] - start) / np.linalg.norm(state.target[:2] - start)
+    left = np.array([-line[1], line[0]])
+    route = PickPlaceAroundTask.route_mode
+    assert route(post - 0.01 * line + 0.05 * left, state) == -1  # not yet past the post
+    assert route(post + 0.01 * line + 0.05 * left, state) == 0
+    assert route(post + 0.01 * line - 0.05 * left, state) == 1
 
 
 def test_straight_carry_hits_the_post_and_fails(env):

@@ -50,18 +50,22 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
-def read_eval_reports(paths: list[str]) -> dict[tuple[str, int], float]:
-    """{(resolved model path, NFE): success rate} from evaluation reports (the NFE tells a
-    teacher's DDPM-100 report from its DDIM-10 one)."""
-    rates = {}
+def read_eval_reports(paths: list[str]) -> dict[tuple[str, int], dict]:
+    """{(resolved model path, NFE): {success_rate, success_ci95, mean_return, mode_coverage}} from
+    evaluation reports (the NFE tells a teacher's DDPM-100 report from its DDIM-10 one)."""
+    summaries = {}
     for path in paths:
         try:
             report = json.loads(Path(path).read_text())
-            model, rate, nfe = report["extra"]["model"], float(report["success_rate"]), int(report["nfe"])
+            model, nfe = report["extra"]["model"], int(report["nfe"])
+            summary = {"success_rate": float(report["success_rate"]),
+                       "success_ci95": [float(x) for x in report["success_ci95"]],
+                       "mean_return": float(report["mean_return"]),
+                       "mode_coverage": dict(report.get("mode_coverage") or {})}
         except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
             raise ConfigError(f"{path} is not a `fastdp eval` report ({type(e).__name__}: {e})") from None
-        rates[(str(Path(model).resolve()), nfe)] = rate
-    return rates
+        summaries[(str(Path(model).resolve()), nfe)] = summary
+    return summaries
 
 
 def command_line(args) -> str:
@@ -98,7 +102,7 @@ def run(args) -> int:
         raise ConfigError(f"--load takes numbers of busy processes >= 0 (e.g. 0,2), got {args.load}")
     if args.calls < 200:
         log.warning("p99 from %d calls is noisy; use --calls 200 or more for numbers to report", args.calls)
-    eval_rates = read_eval_reports(args.eval)
+    evaluations = read_eval_reports(args.eval)
     # the same intra-op threads for every backend, so the comparison is between engines, not thread counts
     previous = torch.get_num_threads()
     threads = configure_threads(args.threads)
@@ -106,7 +110,7 @@ def run(args) -> int:
         options = {**engine_options(args, ""), "threads": threads}
         per_backend = {"onnxruntime": {"provider": args.provider}} if args.provider else None
         report = run_bench(args.models, args.backend, calls=args.calls, warmup=args.warmup, seed=args.seed,
-                           eval_reports=eval_rates, backend_options=per_backend,
+                           eval_reports=evaluations, backend_options=per_backend,
                            isolate=not args.in_process, loads=tuple(args.load), **options)
     finally:
         torch.set_num_threads(previous)

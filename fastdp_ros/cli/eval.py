@@ -142,6 +142,9 @@ def run(args) -> int:
              report.episodes, report.mean_return, report.nfe, lat.get("p50", np.nan), lat.get("p99", np.nan))
     log.info("%.1f model queries per episode%s", report.queries_per_episode,
              "".join(f", {k.replace('_', ' ')} {v}" for k, v in report.costs.items()))
+    if report.mode_coverage:
+        log.info("successful episodes per expert mode: %s",
+                 ", ".join(f"{mode} {n}" for mode, n in report.mode_coverage.items()))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(report.to_dict(), indent=2))

@@ -76,7 +76,14 @@ class BenchRow:
     engine_built: bool | None = None
     parity_max_abs_diff: float | None = None
     parity_tolerance: float | None = None
-    success_rate: float | None = None  # from an evaluation report of this model, when given
+    # from an evaluation report of this model, when given (`fastdp eval --out`)
+    success_rate: float | None = None
+    success_ci95: list[float] | None = None
+    mean_return: float | None = None
+    mode_coverage: dict | None = None  # successful episodes per expert mode, where the task has modes
+    # on the front of (p99 lower, success / mean return higher) among the rows of its backend and load
+    pareto_success: bool | None = None
+    pareto_return: bool | None = None
     load: int = 0  # busy competing processes running during the row
     error: str | None = None
 
@@ -324,6 +331,28 @@ def contention_summary(rows: list[BenchRow]) -> list[dict]:
     return out
 
 
+def pareto_front(points: list[tuple[float, float]]) -> list[bool]:
+    """For (cost, value) points: True where no other point costs no more and is worth no less,
+    with one of the two strictly better."""
+    return [not any(c2 <= c and v2 >= v and (c2 < c or v2 > v) for c2, v2 in points) for c, v in points]
+
+
+def mark_pareto_fronts(rows: list[BenchRow]) -> None:
+    """Set pareto_success / pareto_return on the evaluated rows: p99 against success rate and
+    against mean return, compared within one backend and load (an engine is not a policy)."""
+    groups: dict[tuple[str, int], list[BenchRow]] = {}
+    for r in rows:
+        if r.error is None and r.success_rate is not None:
+            groups.setdefault((r.backend, r.load), []).append(r)
+    for group in groups.values():
+        p99 = [r.latency_ms["p99"] for r in group]
+        for r, front in zip(group, pareto_front(list(zip(p99, [r.success_rate for r in group])))):
+            r.pareto_success = front
+        if all(r.mean_return is not None for r in group):
+            for r, front in zip(group, pareto_front(list(zip(p99, [r.mean_return for r in group])))):
+                r.pareto_return = front
+
+
 def parse_model_entry(entry: str) -> tuple[str, dict]:
     """'path#sampler=ddim,steps=10' -> ('path', {'sampler': 'ddim', 'steps': 10}): one model
     directory benched with its own load options (a teacher with DDPM-100 and with DDIM-10)."""
@@ -339,7 +368,7 @@ def parse_model_entry(entry: str) -> tuple[str, dict]:
 
 
 def run_bench(models: list[str], backends: list[str], calls: int = 200, warmup: int = 20, seed: int = 0,
-              eval_reports: dict[str, float] | None = None, backend_options: dict[str, dict] | None = None,
+              eval_reports: dict[tuple[str, int], dict] | None = None, backend_options: dict[str, dict] | None = None,
               isolate: bool = False, loads: tuple[int, ...] = (0,), **load_options) -> dict:
     """Every model x backend (x load); speedups against the first model's torch row (the teacher)
     at the same load.
@@ -347,7 +376,8 @@ def run_bench(models: list[str], backends: list[str], calls: int = 200, warmup: 
     isolate runs each row in a fresh process (see the module docstring); the CLI does. loads:
     numbers of busy competing processes to run every row beside (0: a quiet machine).
 
-    eval_reports maps a model directory (resolved path) to its success rate; backend_options
+    eval_reports maps (model directory (resolved path), NFE) to its evaluation summary
+    (success_rate, success_ci95, mean_return, mode_coverage); backend_options
     maps a backend name to its backend-specific options (onnxruntime: provider).
     Returns the report written as bench.json.
     """
@@ -376,7 +406,12 @@ def run_bench(models: list[str], backends: list[str], calls: int = 200, warmup: 
         for r in ok:
             r.speedup = baseline.latency_ms["p50"] / r.latency_ms["p50"]
     for r in rows:
-        r.success_rate = (eval_reports or {}).get((str(Path(r.model).resolve()), r.nfe))
+        evaluation = (eval_reports or {}).get((str(Path(r.model).resolve()), r.nfe)) or {}
+        r.success_rate = evaluation.get("success_rate")
+        r.success_ci95 = evaluation.get("success_ci95")
+        r.mean_return = evaluation.get("mean_return")
+        r.mode_coverage = evaluation.get("mode_coverage") or None
+    mark_pareto_fronts(rows)
     baseline = baselines.get(loads[0]) if loads else None
     report = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

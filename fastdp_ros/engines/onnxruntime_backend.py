@@ -111,9 +111,12 @@ class OrtRunner:
         self.session = session
         self.input_names = input_names
         self.output_names = [output_name]
+        # the exporter drops an input the graph never reads (RAGDP's step noise when one
+        # deterministic jump remains); the caller still draws it, to keep its noise sequence
+        self.used = {i.name for i in session.get_inputs()}
 
     def __call__(self, inputs: list[np.ndarray]) -> np.ndarray:
-        feeds = {name: np.ascontiguousarray(x) for name, x in zip(self.input_names, inputs)}
+        feeds = {name: np.ascontiguousarray(x) for name, x in zip(self.input_names, inputs) if name in self.used}
         return self.session.run(self.output_names, feeds)[0]
 
 

@@ -12,6 +12,14 @@ def _fmt(value, spec: str, empty: str = "–") -> str:
     return empty if value is None else format(value, spec)
 
 
+def evaluation_cells(row: dict) -> list[str]:
+    """success with its 95% interval, mean return, Pareto marks (S: success, R: return)."""
+    rate, ci = row.get("success_rate"), row.get("success_ci95")
+    success = _fmt(rate, ".0%") + (f" ({ci[0]:.0%}-{ci[1]:.0%})" if rate is not None and ci else "")
+    marks = "".join(m for m, on in (("S", row.get("pareto_success")), ("R", row.get("pareto_return"))) if on)
+    return [success, _fmt(row.get("mean_return"), ".1f"), marks]
+
+
 def markdown(report: dict) -> str:
     """The report as a Markdown table, with the host and command it came from."""
     host = report["host"]
@@ -45,7 +53,10 @@ def markdown(report: dict) -> str:
             f"{report.get('target_hz', 60):g} Hz", "speedup", "peak RSS MB"]
     head += ["GPU MB"] if gpu else []
     costs = any(r.get("costs") for r in report["rows"])
-    head += ["parity max Δ", "load s"] + (["success"] if success else []) + (["load"] if loaded else [])
+    modes = any(r.get("mode_coverage") for r in report["rows"])
+    head += ["parity max Δ", "load s"] + (["success (95% CI)", "mean return", "Pareto"] if success else [])
+    head += ["successes per mode"] if modes else []
+    head += ["load"] if loaded else []
     head += ["other costs"] if costs else []
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in report["rows"]:
@@ -60,11 +71,15 @@ def markdown(report: dict) -> str:
                      _fmt(r["speedup"], ".2f") + ("x" if r["speedup"] is not None else ""), _fmt(r["peak_rss_mb"], ".0f")]
             cells += [_fmt(r.get("gpu_peak_mb"), ".0f")] if gpu else []
             cells += [_fmt(r["parity_max_abs_diff"], ".1e"), _fmt(r["load_seconds"], ".1f")]
-            cells += [_fmt(r.get("success_rate"), ".0%")] if success else []
+            cells += evaluation_cells(r) if success else []
+            cells += [", ".join(f"{m}: {n}" for m, n in (r.get("mode_coverage") or {}).items())] if modes else []
             cells += [str(r.get("load", 0))] if loaded else []
             cells += [", ".join(f"{k.replace('_', ' ')} {v:g}" if isinstance(v, (int, float)) else f"{k} {v}"
                                 for k, v in (r.get("costs") or {}).items())] if costs else []
         lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
+    if success:
+        lines += ["", "Pareto: on the front of p99 against success (S) and against mean return (R), among the "
+                  "rows of the same backend and load."]
     if report.get("contention"):
         lines += ["", "p99 under load against the same row's quiet p99:", "",
                   "| policy | backend | load | quiet p99 ms | loaded p99 ms | ratio |", "|---|---|---|---|---|---|"]
@@ -75,15 +90,17 @@ def markdown(report: dict) -> str:
 
 
 def plot(report: dict, path: Path) -> None:
-    """Latency per policy x backend (p50 bar, p90-p99 whisker, 60 Hz line); latency vs success
-    rate beside it where evaluation results were given."""
+    """Latency per policy x backend (p50 bar, p90-p99 whisker, 60 Hz line); beside it, where
+    evaluation results were given, p99 against success rate (95% interval) and against mean
+    return, with the Pareto front of each."""
     try:
         from matplotlib.figure import Figure  # no pyplot: no global state, no display needed
     except ImportError:
         raise ConfigError("install matplotlib to write bench.png (pip install matplotlib)") from None
     rows = [r for r in report["rows"] if not r.get("error")]
     with_success = [r for r in rows if r.get("success_rate") is not None]
-    ncols = 2 if with_success else 1
+    with_return = [r for r in with_success if r.get("mean_return") is not None]
+    ncols = 1 + bool(with_success) + bool(with_return)
     fig = Figure(figsize=(6.5 * ncols, 1.0 + 0.45 * max(3, len(rows))), layout="constrained")
     axes = fig.subplots(1, ncols, squeeze=False)[0]
     ax = axes[0]
@@ -104,19 +121,35 @@ def plot(report: dict, path: Path) -> None:
     ax.set_xlabel("act() latency (ms)")
     ax.legend(loc="lower right", fontsize="small")
     ax.set_title("latency per policy and backend")
-    if with_success:
-        ax2 = axes[1]
-        for r in with_success:
-            ax2.scatter(r["latency_ms"]["p99"], r["success_rate"])
-            ax2.annotate(f"{r['name']} · {r['backend']}", (r["latency_ms"]["p99"], r["success_rate"]),
-                         fontsize="small", xytext=(4, 4), textcoords="offset points")
-        ax2.axvline(target_ms, color="tab:red", linestyle="--")
-        ax2.set_xscale("log")
-        ax2.set_xlabel("act() latency p99 (ms)")
-        ax2.set_ylabel("success rate")
-        ax2.set_ylim(-0.05, 1.05)
-        ax2.set_title("latency vs success")
+    panels = [("success_rate", "success rate (95% interval)", "pareto_success", with_success),
+              ("mean_return", "mean return", "pareto_return", with_return)]
+    for axis, (key, label, front_key, chosen) in zip(axes[1:], [p for p in panels if p[3]]):
+        _pareto_panel(axis, chosen, key, front_key, target_ms)
+        axis.set_ylabel(label)
+        axis.set_title(f"act() p99 vs {label.split(' (')[0]}; Pareto front in black")
+        if key == "success_rate":
+            axis.set_ylim(-0.05, 1.05)
     fig.savefig(path, dpi=120)
+
+
+def _pareto_panel(ax, rows: list[dict], key: str, front_key: str, target_ms: float) -> None:
+    """One point per row (success rows with their 95% interval), the front joined by a step line."""
+    for r in rows:
+        x, v = r["latency_ms"]["p99"], r[key]
+        ci = r.get("success_ci95") if key == "success_rate" else None
+        yerr = [[v - ci[0]], [ci[1] - v]] if ci else None
+        ax.errorbar(x, v, yerr=yerr, fmt="o", capsize=2,
+                    color="black" if r.get(front_key) else "tab:gray", alpha=1.0 if r.get(front_key) else 0.7)
+        ax.annotate(f"{r['name']} · {r['backend']}", (x, v), fontsize="x-small", xytext=(4, 4),
+                    textcoords="offset points")
+    for backend in sorted({(r["backend"], r.get("load", 0)) for r in rows}):
+        front = sorted((r["latency_ms"]["p99"], r[key]) for r in rows
+                       if r.get(front_key) and (r["backend"], r.get("load", 0)) == backend)
+        if len(front) > 1:
+            ax.step([x for x, _ in front], [v for _, v in front], where="post", color="black", linewidth=1)
+    ax.axvline(target_ms, color="tab:red", linestyle="--")
+    ax.set_xscale("log")
+    ax.set_xlabel("act() latency p99 (ms)")
 
 
 def write_reports(report: dict, out: str | Path) -> dict[str, Path]:

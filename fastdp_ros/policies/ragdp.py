@@ -40,7 +40,7 @@ from torch import nn
 
 from fastdp_ros.diffusion import FixedStepSampler
 from fastdp_ros.errors import ConfigError, DatasetError, ModelFileError
-from fastdp_ros.policies.base import BuildRequest, Policy, obs_batch, policies_with, policy_entry, register_policy
+from fastdp_ros.policies.base import BuildRequest, ExportGraph, FlatInputs, Policy, obs_batch, policies_with, policy_entry, register_policy
 from fastdp_ros.policies.config import PolicyConfig, option
 from fastdp_ros.policies.modeldir import WEIGHTS_FILE, ModelFiles, load_model_dir, model_hash, save_model_dir
 from fastdp_ros.policies.spec import PolicySpec
@@ -218,6 +218,18 @@ class RetrievalRefiner(nn.Module):
         return self.model.unnormalize_action(self.loop(cond, noise, x0, step_noise), reference)
 
 
+class _RefineModule(nn.Module):
+    """RetrievalRefiner with its inputs as a dict (FlatInputs's convention)."""
+
+    def __init__(self, refiner: RetrievalRefiner):
+        super().__init__()
+        self.refiner = refiner
+
+    def forward(self, inputs: dict[str, torch.Tensor], noise: torch.Tensor,
+                step_noise: torch.Tensor | None = None) -> torch.Tensor:
+        return self.refiner(inputs["cond"], inputs["retrieved"], noise, step_noise, inputs.get("reference"))
+
+
 def index_from_request(request: BuildRequest) -> dict:
     """`fastdp index --policy ragdp`: build the model directory, then load it (proves it loads)."""
     out = build_ragdp(request.teacher, request.dataset, request.out, request.config,
@@ -294,7 +306,8 @@ class RAGDPPolicy(Policy):
         return int(valid[0])
 
     @torch.inference_mode()
-    def _act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+    def _retrieve(self, obs: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        """The refiner's inputs besides noise: conditioning, retrieved chunk, action reference."""
         tensors = obs_batch(obs, self.device)
         cond = self.model.encode(tensors)
         found = self.index.search(cond.float().cpu().numpy(), self.config.k)
@@ -303,16 +316,54 @@ class RAGDPPolicy(Policy):
         self.last_retrieval = {"episode": int(self.index.table["episode"][row]),
                                "frame": int(self.index.table["frame"][row]),
                                "score": float(found.scores[0, position])}
-        retrieved = torch.from_numpy(self.chunks([row])).to(self.device)
-        # the same draws, in the same order, as the teacher's act(): leap ratio 1 reproduces it
-        shape = (1, self.spec.horizon, self.spec.action_dim)
-        noise = torch.randn(shape, generator=self.generator, device=self.device)
-        sampler = self.refiner.loop.sampler
-        step_noise = None
-        if getattr(sampler, "stochastic", False):
-            step_noise = torch.randn((sampler.num_steps, *shape), generator=self.generator, device=self.device)
+        inputs = {"cond": cond, "retrieved": torch.from_numpy(self.chunks([row])).to(self.device)}
         reference = self.model.action_reference(tensors)
-        return self.refiner(cond, retrieved, noise, step_noise, reference)[0].cpu().numpy()
+        if reference is not None:
+            inputs["reference"] = reference
+        return inputs
+
+    def _noise_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The noise act() draws, in its order: the same draws as the teacher's act(), so leap
+        ratio 1 reproduces it."""
+        shape = (1, self.spec.horizon, self.spec.action_dim)
+        shapes = {"noise": shape}
+        sampler = self.refiner.loop.sampler
+        if getattr(sampler, "stochastic", False):
+            shapes["step_noise"] = (sampler.num_steps, *shape)
+        return shapes
+
+    @torch.inference_mode()
+    def _act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        inputs = self._retrieve(obs)
+        noise = {name: torch.randn(shape, generator=self.generator, device=self.device)
+                 for name, shape in self._noise_shapes().items()}
+        return self.refiner(inputs["cond"], inputs["retrieved"], noise["noise"], noise.get("step_noise"),
+                            inputs.get("reference"))[0].cpu().numpy()
+
+    def act_through(self, obs: dict[str, np.ndarray], run_graph) -> np.ndarray:
+        """Encoder and faiss search here, the refining sampler loop (the NFE) in the engine."""
+        return run_graph({k: v[0].float().cpu().numpy() for k, v in self._retrieve(obs).items()})
+
+    def export_graph(self) -> ExportGraph:
+        """The refining sampler loop as the graph: (conditioning, retrieved chunk[, action
+        reference], noise) -> chunk. The encoder and the search, which faiss does, run before it
+        (act_through), as ALT's lookup runs after its encoder."""
+        gen = torch.Generator().manual_seed(0)
+        relative_dims = getattr(self.model, "relative_dims", 0)  # actions relative to an observed value
+        keys = ("cond", "retrieved") + (("reference",) if relative_dims else ())
+        examples = {"cond": torch.randn((1, self.base.embed_dim), generator=gen),
+                    "retrieved": torch.from_numpy(self.chunks([0])).float()}
+        if "reference" in keys:
+            examples["reference"] = examples["retrieved"][:, 0, :relative_dims].clone()
+        noise_shapes = self._noise_shapes()
+        inputs = (*(examples[k] for k in keys), *(torch.randn(s, generator=gen) for s in noise_shapes.values()))
+        inputs = tuple(t.to(self.device) for t in inputs)
+        sampler = self.refiner.loop.sampler
+        signature = {"policy": self.policy_type, "sampler": type(sampler).__name__, "steps": sampler.num_steps,
+                     "start_index": self.start_index,
+                     "inputs": {n: [list(t.shape), str(t.dtype)] for n, t in zip((*keys, *noise_shapes), inputs)}}
+        module = FlatInputs(_RefineModule(self.refiner), keys).eval()
+        return ExportGraph(module, keys, noise_shapes, inputs, signature)
 
     def memory_bytes(self) -> int:
         """Weights and buffers of the base model plus the index's vectors and row table."""

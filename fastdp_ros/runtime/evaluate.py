@@ -55,6 +55,9 @@ class EvalReport:
     #: mean model queries per episode, and what besides NFE the policy costs (Policy.cost_report)
     queries_per_episode: float = float("nan")
     costs: dict = field(default_factory=dict)
+    #: where the task reports the way an episode went (pick_place_around's route_mode: the
+    #: expert's modes 0 / 1, -1 none): successful episodes per mode, as strings for JSON
+    mode_coverage: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -71,6 +74,17 @@ def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float,
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
     return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def mode_coverage(results: list[EpisodeResult], key: str = "route_mode") -> dict[str, int]:
+    """Successful episodes per mode ({"0": n, "1": m}) where the task reports `key` in its
+    final info; {} where it does not."""
+    counts: dict[str, int] = {}
+    for r in results:
+        if r.success and key in r.final:
+            mode = str(int(r.final[key]))
+            counts[mode] = counts.get(mode, 0) + 1
+    return dict(sorted(counts.items()))
 
 
 def latency_summary(samples_s: list[float]) -> dict:
@@ -191,4 +205,5 @@ def evaluate_policy(policy, task: str, episodes: int, seed0: int = EVAL_SEED0, n
         extra=sim_extra,
         queries_per_episode=float(np.mean([r.queries for r in results])) if results else float("nan"),
         costs=dict(policy.cost_report()),
+        mode_coverage=mode_coverage(results),
     )

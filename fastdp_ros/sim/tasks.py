@@ -68,6 +68,9 @@ class TaskState:
     cube_pose: np.ndarray | None
     target: np.ndarray
     obstacle: np.ndarray | None = None
+    #: pick_place_around: the side the cube went round the post (the expert's modes: 0 left of
+    #: the cube -> target line, 1 right), -1 until its centre has passed the post's
+    route_mode: int = -1
 
 
 class Task:
@@ -239,7 +242,21 @@ class PickPlaceAroundTask(PickPlaceTask):
         reward, success, extra = super().evaluate(sim, state)
         contact = any(sim.obstacle_contacts())
         extra["obstacle_contact"] = contact
+        if state.route_mode < 0:
+            state.route_mode = self.route_mode(sim.cube_pose()[:2], state)
+        extra["route_mode"] = state.route_mode
         return reward - self.contact_penalty * float(contact), success, extra
+
+    @staticmethod
+    def route_mode(cube_xy: np.ndarray, state: TaskState) -> int:
+        """Which way the cube went round the post: once its centre is past the post along the
+        start -> target line, 0 if it is left of the line through the post, 1 if right, else -1."""
+        start, post = state.cube_pose[:2], state.obstacle[:2]
+        line = (state.target[:2] - start) / np.linalg.norm(state.target[:2] - start)
+        offset = cube_xy - post
+        if float(offset @ line) < 0.0:
+            return -1
+        return 0 if float(line[0] * offset[1] - line[1] * offset[0]) > 0.0 else 1
 
 
 _TASK_CLASSES = {cls.name: cls for cls in (ReachTask, PushTask, PickPlaceTask,
