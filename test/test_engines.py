@@ -284,3 +284,19 @@ def test_driver_version_is_read_from_the_nvrm_line(text, version):
     from fastdp_ros.engines.base import driver_version_from_proc
 
     assert driver_version_from_proc(text) == version
+
+
+class _IgnoresStepNoise(torch.nn.Module):
+    def forward(self, x, noise, step_noise):  # step_noise unused, as after RAGDP's last jump
+        return 2.0 * x + noise
+
+
+def test_onnx_runner_feeds_only_the_inputs_the_exported_graph_kept(tmp_path):
+    from fastdp_ros.policies.base import ExportGraph
+
+    examples = (torch.ones(1, 3), torch.zeros(1, 3), torch.zeros(2, 1, 3))
+    graph = ExportGraph(_IgnoresStepNoise().eval(), ("x",), {"noise": (1, 3), "step_noise": (2, 1, 3)}, examples)
+    runner = make_backend("onnxruntime", threads=1).build(graph, tmp_path / "model.onnx")
+    assert runner.used == {"x", "noise"}  # the exporter dropped the unread input
+    out = runner([np.full((1, 3), 2.0, np.float32), np.ones((1, 3), np.float32), np.ones((2, 1, 3), np.float32)])
+    np.testing.assert_allclose(out, np.full((1, 3), 5.0))
