@@ -27,7 +27,7 @@ from fastdp_ros.diffusion import FixedStepSampler
 from fastdp_ros.nn.hypernet import functional_mlp
 from fastdp_ros.policies import load_policy
 from fastdp_ros.policies.lwd import SegmentDataset
-from fastdp_ros.runtime.evaluate import evaluate_policy
+from fastdp_ros.runtime.evaluate import evaluate_policy, extra_observation
 from fastdp_ros.runtime.gym_env import success_of
 from fastdp_ros.sim import make_env
 
@@ -64,13 +64,15 @@ def oracle_closed_loop(policy, buffer, episodes, max_steps: int) -> float:
     ends = np.asarray(buffer.episode_ends[:])
     starts = np.concatenate([[0], ends[:-1]])
     seeds = buffer.episode_meta("episode_seed")
-    env = make_env(buffer.attrs["task"], image_size=tuple(policy.spec.image_shape[:2]), cameras=("front",),
-                   control_dt=policy.spec.dt, render=False)  # the generated policy reads no camera
+    spec = policy.spec
+    env = make_env(buffer.attrs["task"], image_size=tuple(spec.image_shape[:2]) if spec.image_keys else (96, 96),
+                   cameras=("front",), control_dt=spec.dt, render=False)  # the generated policy reads no camera
+    max_steps = max_steps or env.max_steps
     successes = 0
     for e in episodes:
         lo, hi = int(starts[e]), int(ends[e])
         recorded = {key: np.asarray(buffer[key][lo:hi]) for key in (*model.policy_keys, policy.spec.action_key)}
-        obs, _ = env.reset(seed=int(seeds[e]))
+        obs, info = env.reset(seed=int(seeds[e]))
         success, params = False, None
         for t in range(max_steps):
             if t % k == 0:
@@ -82,6 +84,7 @@ def oracle_closed_loop(policy, buffer, episodes, max_steps: int) -> float:
                         torch.from_numpy(recorded[policy.spec.action_key][rows][None]).float(), None)
                     mu, _ = model.trajectory_encoder(torch.cat([state, target], -1).flatten(1)).chunk(2, -1)
                     params = model.hypernet(mu)[0].numpy()
+            obs = extra_observation(obs, info, model.policy_keys)  # object_state comes in info
             current = {key: np.asarray(obs[key], np.float32)[None] for key in model.policy_keys}
             obs, _, terminated, truncated, info = env.step(policy.generated_action(current, params, t % k))
             success = success or success_of(info)
@@ -98,7 +101,7 @@ def main() -> None:
     parser.add_argument("--dataset", default="data/push")
     parser.add_argument("--episodes", type=int, default=30, help="demonstrations rolled out closed loop")
     parser.add_argument("--segments", type=int, default=64, help="segments per open-loop measurement")
-    parser.add_argument("--max-steps", type=int, default=120)
+    parser.add_argument("--max-steps", type=int, default=None, help="default: the task's time limit")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()

@@ -1,6 +1,7 @@
 """Latent Weight Diffusion: trains through `fastdp train`, queries once per segment, exports, refuses bad input."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -207,3 +208,22 @@ def test_bench_times_the_calls_that_query_apart(model):
     assert row.error is None and row.costs["steps_per_query"] == 8
     assert row.costs["timed_queries"] == 5  # calls 0, 8, 16, 24, 32
     assert row.costs["query_p99_ms"] > 0
+
+
+def test_latent_denoiser_can_predict_the_latent_and_old_models_keep_epsilon(model, tmp_path):
+    out, ds = model
+    torch.manual_seed(0)
+    assert train_cli(ds, tmp_path / "x0", 500, "--latent-prediction", "sample") == 0
+    policy = load_policy(tmp_path / "x0", seed=0)
+    assert policy.model.make_sampler().prediction_type == "sample"
+    for sign in (1.0, -1.0):  # the sampled latent still follows the image
+        policy.reset()
+        chunk = policy.act(obs_of(sign))
+        assert np.sign((chunk[-1, :7] - obs_of(sign)["joint_pos"][-1]).mean()) == sign
+    # a model written before the option existed has no such key: it loads as epsilon prediction
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    config = json.loads((old / "config.json").read_text())
+    config["policy"].pop("latent_prediction")
+    (old / "config.json").write_text(json.dumps(config))
+    assert load_policy(old).model.train_sampler.prediction_type == "epsilon"

@@ -90,6 +90,10 @@ class LWDConfig(PolicyConfig):
     num_train_timesteps: int = option(100, help="DDPM steps of the latent diffusion")
     latent_steps: int = option(10, help="DDIM steps of one diffusion query at run time (its NFE)")
     latent_clip: float = option(4.0, help="x0 estimates of the latent are clipped to +-this while sampling")
+    # the expert's latent is nearly a function of the observation: predicting it ("sample")
+    # rather than the noise keeps the small denoiser's error small at low noise levels
+    latent_prediction: str = option("epsilon", choices=("epsilon", "sample", "v_prediction"),
+                                    help="what the latent denoiser predicts")
     denoiser_hidden: int = option(512, help="width of the latent denoiser (an MLP)")
     denoiser_layers: int = option(3, help="hidden layers of the latent denoiser")
     diffusion_weight: float = option(1.0, help="weight of the latent denoising loss")
@@ -134,7 +138,8 @@ def policy_layer_sizes(config: LWDConfig, state_dim: int, action_dim: int, featu
 
 
 class LatentDenoiser(nn.Module):
-    """eps(z_t, t, cond): an MLP over the noisy latent, a timestep embedding and the condition."""
+    """The latent denoiser (its prediction_type's quantity from z_t, t, cond): an MLP over the noisy
+    latent, a timestep embedding and the condition."""
 
     def __init__(self, latent_dim: int, cond_dim: int, hidden: int, layers: int, time_dim: int = 64):
         super().__init__()
@@ -171,7 +176,7 @@ class LWDModel(nn.Module):
         self.hypernet = HyperNetwork(config.latent_dim, self.layer_sizes, hidden=config.hyper_hidden,
                                      num_hidden_layers=config.hyper_layers, target_activation=config.policy_activation)
         self.denoiser = LatentDenoiser(config.latent_dim, self.cond_dim, config.denoiser_hidden, config.denoiser_layers)
-        self.train_sampler = DDPMSampler(config.num_train_timesteps, "squaredcos_cap_v2", "epsilon",
+        self.train_sampler = DDPMSampler(config.num_train_timesteps, "squaredcos_cap_v2", config.latent_prediction,
                                          clip_sample=True, clip_sample_range=config.latent_clip)
 
     # --- pieces shared by training and acting ---------------------------------------------
@@ -211,7 +216,8 @@ class LWDModel(nn.Module):
 
     def make_sampler(self, steps: int | None = None) -> DDIMSampler:
         cfg = self.config
-        return DDIMSampler(cfg.num_train_timesteps, steps or cfg.latent_steps, 0.0, "squaredcos_cap_v2", "epsilon",
+        return DDIMSampler(cfg.num_train_timesteps, steps or cfg.latent_steps, 0.0, "squaredcos_cap_v2",
+                           cfg.latent_prediction,
                            clip_sample=True, clip_sample_range=cfg.latent_clip)
 
     # --- training -------------------------------------------------------------------------
@@ -248,8 +254,8 @@ class LWDModel(nn.Module):
         t = self.train_sampler.sample_timesteps(b, device=z0.device)
         # with a frozen encoder the condition was computed once per frame (SegmentDataset features)
         cond = batch["cond"].float() if "cond" in batch else self.encode(batch["obs"])
-        eps = self.denoiser(self.train_sampler.add_noise(z0, noise, t), t, cond)
-        diffusion = nn.functional.mse_loss(eps, noise)
+        pred_latent = self.denoiser(self.train_sampler.add_noise(z0, noise, t), t, cond)
+        diffusion = nn.functional.mse_loss(pred_latent, self.train_sampler.training_target(z0, noise, t))
         loss = recon + cfg.kl_weight * kl + cfg.diffusion_weight * diffusion
         return {"loss": loss, "recon": recon, "kl": kl, "diffusion": diffusion}
 
