@@ -10,6 +10,8 @@
 2. Closed loop in the simulation, from the demonstrations' own seeds (their first state): the
    posterior latents of the recorded segments (an oracle of the latent diffusion: the best it
    could do with this VAE) against the model itself (the latent diffusion's own latents).
+3. Latent neighbours: whether episodes that start from nearby cube and goal positions get nearby
+   latents (what a latent diffusion has to interpolate between on new positions).
 
     python scripts/lwd_probe.py models/push_lwd --dataset data/push --episodes 30 --out bench/lwd_probe.json
 """
@@ -57,6 +59,51 @@ def open_loop(policy, buffer, episodes, segments: int, seed: int) -> dict:
                 "posterior_spread": float((mu - mu.mean(0)).norm(dim=-1).mean())}
 
 
+@torch.inference_mode()
+def recorded_posterior(policy, recorded: dict, t: int, length: int):
+    """(posterior mean (1, latent), the segment's policy state, its normalized target actions) of
+    the recorded segment that starts at step t of an episode of `length` steps (edge-padded)."""
+    model, k = policy.model, policy.config.segment_steps
+    rows = np.clip(np.arange(t, t + k), 0, length - 1)
+    segment = {key: torch.from_numpy(recorded[key][rows][None]).float() for key in model.policy_keys}
+    state = model.policy_state(segment, torch.arange(k).float()[None] / k)
+    target = model.normalize_action(torch.from_numpy(recorded[policy.spec.action_key][rows][None]).float(), None)
+    mu, _ = model.trajectory_encoder(torch.cat([state, target], -1).flatten(1)).chunk(2, -1)
+    return mu, state, target
+
+
+def latent_neighbours(policy, buffer, train, held_out, key: str) -> dict:
+    """Is the latent a smooth function of the task's state? For each held-out episode's first
+    segment, the posterior of the training episode whose first `key` (the cube and goal) is
+    nearest: its distance to the held-out posterior and the open-loop error of its policy on the
+    held-out segment, beside the same for a random training episode."""
+    model, config = policy.model, policy.config
+    ends = np.asarray(buffer.episode_ends[:])
+    starts = np.concatenate([[0], ends[:-1]])
+    keys = (*model.policy_keys, policy.spec.action_key)
+
+    def first_segment(e):
+        lo, hi = int(starts[e]), int(ends[e])
+        return recorded_posterior(policy, {k: np.asarray(buffer[k][lo:hi]) for k in keys}, 0, hi - lo)
+
+    state0 = np.asarray(buffer[key][:])[starts]
+    train_mu = torch.cat([first_segment(e)[0] for e in train])
+    rng = np.random.default_rng(0)
+    near, near_mse, other, other_mse = [], [], [], []
+    with torch.inference_mode():
+        for e in held_out:
+            mu, state, target = first_segment(e)
+            nearest = int(np.argmin(np.linalg.norm(state0[list(train)] - state0[e], axis=1)))
+            for z, dist, mse in ((train_mu[nearest:nearest + 1], near, near_mse),
+                                 (train_mu[int(rng.integers(len(train)))][None], other, other_mse)):
+                dist.append(float((z - mu).norm()))
+                pred = functional_mlp(state, model.hypernet(z), model.layer_sizes, config.policy_activation)
+                mse.append(float(((pred - target) ** 2).mean()))
+    return {"key": key, "held_out_episodes": len(held_out),
+            "nearest_to_posterior": float(np.mean(near)), "mse_nearest": float(np.mean(near_mse)),
+            "random_to_posterior": float(np.mean(other)), "mse_random": float(np.mean(other_mse))}
+
+
 def oracle_closed_loop(policy, buffer, episodes, max_steps: int) -> float:
     """Success of the generated policies written from the recorded segments' posterior means."""
     model, config = policy.model, policy.config
@@ -76,14 +123,8 @@ def oracle_closed_loop(policy, buffer, episodes, max_steps: int) -> float:
         success, params = False, None
         for t in range(max_steps):
             if t % k == 0:
-                rows = np.clip(np.arange(t, t + k), 0, hi - lo - 1)
-                segment = {key: torch.from_numpy(recorded[key][rows][None]).float() for key in model.policy_keys}
                 with torch.inference_mode():
-                    state = model.policy_state(segment, torch.arange(k).float()[None] / k)
-                    target = model.normalize_action(
-                        torch.from_numpy(recorded[policy.spec.action_key][rows][None]).float(), None)
-                    mu, _ = model.trajectory_encoder(torch.cat([state, target], -1).flatten(1)).chunk(2, -1)
-                    params = model.hypernet(mu)[0].numpy()
+                    params = model.hypernet(recorded_posterior(policy, recorded, t, hi - lo)[0])[0].numpy()
             obs = extra_observation(obs, info, model.policy_keys)  # object_state comes in info
             current = {key: np.asarray(obs[key], np.float32)[None] for key in model.policy_keys}
             obs, _, terminated, truncated, info = env.step(policy.generated_action(current, params, t % k))
@@ -103,6 +144,8 @@ def main() -> None:
     parser.add_argument("--segments", type=int, default=64, help="segments per open-loop measurement")
     parser.add_argument("--max-steps", type=int, default=None, help="default: the task's time limit")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--state-key", default="object_state",
+                        help="the recorded task state that finds a held-out episode's nearest training episode")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -113,6 +156,8 @@ def main() -> None:
     train, val = split_episodes(len(buffer.episode_ends[:]), val_ratio=0.05, seed=args.seed)
     report = {"model": args.model, "open_loop_train": open_loop(policy, buffer, train, args.segments, args.seed),
               "open_loop_held_out": open_loop(policy, buffer, val, args.segments, args.seed)}
+    if args.state_key in buffer:
+        report["latent_neighbours"] = latent_neighbours(policy, buffer, train, val, args.state_key)
     demos = list(range(args.episodes))
     if not np.array_equal(buffer.episode_meta("episode_seed")[:args.episodes], demos):
         raise SystemExit("lwd_probe: the dataset's first episodes were not recorded from seeds 0, 1, ...")

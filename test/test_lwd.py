@@ -73,6 +73,24 @@ def test_query_every_shortens_the_segment_and_is_checked(model):
         load_policy(out, sampler="ddim")
 
 
+def test_noise_scale_zero_writes_one_policy_per_observation_in_eager_and_engine(model):
+    pytest.importorskip("onnxruntime")
+    from fastdp_ros.engines import load_engine_policy
+
+    out, _ = model
+    weights = [load_policy(out, seed=seed, noise_scale=0.0)._query(obs_of(1.0)) for seed in (0, 1)]
+    np.testing.assert_array_equal(weights[0], weights[1])
+    sampled = [load_policy(out, seed=seed)._query(obs_of(1.0)) for seed in (0, 1)]
+    assert np.abs(sampled[0] - sampled[1]).max() > 1e-4  # the default still samples
+    engines = [load_engine_policy(out, backend="onnxruntime", seed=seed, threads=1, noise_scale=0.0,
+                                  cache_dir=out / f"engines_t0_{seed}") for seed in (0, 1)]
+    eager = load_policy(out, seed=3, noise_scale=0.0).act(obs_of(1.0))
+    for engine in engines:
+        np.testing.assert_allclose(engine.act(obs_of(1.0)), eager, atol=1e-4)
+    with pytest.raises(ConfigError, match="noise_scale"):
+        load_policy(out, noise_scale=1.5)
+
+
 def test_config_round_trips_and_the_build_option_is_not_stored(model):
     out, _ = model
     stored = json.loads((out / "config.json").read_text())["policy"]

@@ -263,14 +263,16 @@ class LWDModel(nn.Module):
 class LatentQueryGraph(nn.Module):
     """One diffusion query: raw observation + latent noise -> the generated policy's weights (B, P)."""
 
-    def __init__(self, model: LWDModel, sampler: DDIMSampler):
+    def __init__(self, model: LWDModel, sampler: DDIMSampler, noise_scale: float = 1.0):
         super().__init__()
         self.model = model
         self.loop = FixedStepSampler(model.denoiser, sampler)
         self.nfe = self.loop.nfe
+        # part of the graph, so a compiled engine samples at the same temperature as eager
+        self.noise_scale = float(noise_scale)
 
     def forward(self, obs: dict[str, torch.Tensor], noise: torch.Tensor) -> torch.Tensor:
-        z = self.loop(self.model.encode(obs), noise)
+        z = self.loop(self.model.encode(obs), noise * self.noise_scale)
         return self.model.hypernet(z)
 
 
@@ -300,7 +302,7 @@ class LWDPolicy(Policy):
     the generated policy on every call."""
 
     def __init__(self, spec: PolicySpec, config: LWDConfig, model: LWDModel, steps: int | None = None,
-                 seed: int = 0, device: str = "cpu", query_every: int | None = None):
+                 seed: int = 0, device: str = "cpu", query_every: int | None = None, noise_scale: float = 1.0):
         super().__init__(spec)
         self.config = config
         if query_every is not None and not 1 <= int(query_every) <= config.segment_steps:
@@ -308,9 +310,12 @@ class LWDPolicy(Policy):
                               f"trained on), got {query_every}")
         #: steps between diffusion queries: the trained segment length, or fewer (a shorter horizon)
         self.query_every = int(query_every or config.segment_steps)
+        if not 0.0 <= float(noise_scale) <= 1.0:
+            raise ConfigError(f"noise_scale must be in [0, 1] (1: the trained distribution, 0: one deterministic "
+                              f"latent per observation), got {noise_scale}")
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
-        self.graph = LatentQueryGraph(self.model, self.model.make_sampler(steps)).to(self.device).eval()
+        self.graph = LatentQueryGraph(self.model, self.model.make_sampler(steps), noise_scale).to(self.device).eval()
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self._params: np.ndarray | None = None
         self._step = 0
@@ -343,11 +348,13 @@ class LWDPolicy(Policy):
 
     @classmethod
     def from_model_dir(cls, path: str | os.PathLike, steps: int | None = None, seed: int = 0,
-                       device: str = "cpu", query_every: int | None = None, **options) -> "LWDPolicy":
-        """steps: DDIM steps of a query; query_every: control steps between queries (<= segment_steps)."""
+                       device: str = "cpu", query_every: int | None = None, noise_scale: float = 1.0,
+                       **options) -> "LWDPolicy":
+        """steps: DDIM steps of a query; query_every: control steps between queries (<= segment_steps);
+        noise_scale: the latent sampler's initial noise is scaled by it (a sampling temperature)."""
         if options:
-            raise ConfigError(f"unknown LWD run-time options {sorted(options)} (it takes steps, query_every, seed, "
-                              f"device)")
+            raise ConfigError(f"unknown LWD run-time options {sorted(options)} (it takes steps, query_every, "
+                              f"noise_scale, seed, device)")
         files = load_model_dir(path)
         try:
             spec = PolicySpec.from_dict(files.config["spec"])
@@ -359,7 +366,8 @@ class LWDPolicy(Policy):
             raise ModelFileError(f"{files.path / 'config.json'}: {e}") from None
         model = LWDModel(spec, config, normalizer)
         load_state_into(model, files.state_dict, files.path)
-        return cls(spec, config, model, steps=steps, seed=seed, device=device, query_every=query_every)
+        return cls(spec, config, model, steps=steps, seed=seed, device=device, query_every=query_every,
+                   noise_scale=noise_scale)
 
     @torch.inference_mode()
     def _encode(self, obs: dict[str, np.ndarray]) -> np.ndarray:
@@ -415,6 +423,7 @@ class LWDPolicy(Policy):
         """One diffusion query: observation + latent noise -> the generated policy's flat weights."""
         sampler = self.graph.loop.sampler
         signature = {"sampler": type(sampler).__name__, "sampler_settings": sampler.extra_repr(), "nfe": self.nfe,
+                     "noise_scale": self.graph.noise_scale,
                      "output": "generated_policy_weights", "layer_sizes": list(self.model.layer_sizes)}
         graph = flat_export_graph(self.graph, self.spec, {"noise": (1, self.config.latent_dim)}, signature,
                                   device=self.device, lowdim_affine=self.model.preprocess.affine())
