@@ -60,14 +60,14 @@ def open_loop(policy, buffer, episodes, segments: int, seed: int) -> dict:
 
 
 @torch.inference_mode()
-def recorded_posterior(policy, recorded: dict, t: int, length: int):
+def recorded_posterior(policy, recorded: dict, t: int):
     """(posterior mean (1, latent), the segment's policy state, its normalized target actions) of
-    the recorded segment that starts at step t of an episode of `length` steps (edge-padded)."""
-    model, k = policy.model, policy.config.segment_steps
-    rows = np.clip(np.arange(t, t + k), 0, length - 1)
+    the segment that starts at step t of a recorded episode (edge-padded at its end)."""
+    model, k, action_key = policy.model, policy.config.segment_steps, policy.spec.action_key
+    rows = np.clip(np.arange(t, t + k), 0, len(recorded[action_key]) - 1)
     segment = {key: torch.from_numpy(recorded[key][rows][None]).float() for key in model.policy_keys}
     state = model.policy_state(segment, torch.arange(k).float()[None] / k)
-    target = model.normalize_action(torch.from_numpy(recorded[policy.spec.action_key][rows][None]).float(), None)
+    target = model.normalize_action(torch.from_numpy(recorded[action_key][rows][None]).float(), None)
     mu, _ = model.trajectory_encoder(torch.cat([state, target], -1).flatten(1)).chunk(2, -1)
     return mu, state, target
 
@@ -78,22 +78,20 @@ def latent_neighbours(policy, buffer, train, held_out, key: str) -> dict:
     nearest: its distance to the held-out posterior and the open-loop error of its policy on the
     held-out segment, beside the same for a random training episode."""
     model, config = policy.model, policy.config
-    ends = np.asarray(buffer.episode_ends[:])
-    starts = np.concatenate([[0], ends[:-1]])
     keys = (*model.policy_keys, policy.spec.action_key)
 
     def first_segment(e):
-        lo, hi = int(starts[e]), int(ends[e])
-        return recorded_posterior(policy, {k: np.asarray(buffer[k][lo:hi]) for k in keys}, 0, hi - lo)
+        return recorded_posterior(policy, buffer.get_episode(e, keys), 0)
 
-    state0 = np.asarray(buffer[key][:])[starts]
+    state0 = np.asarray(buffer[key][:])[[buffer.episode_slice(e).start for e in range(buffer.n_episodes)]]
+    train_state0 = state0[list(train)]
     train_mu = torch.cat([first_segment(e)[0] for e in train])
     rng = np.random.default_rng(0)
     near, near_mse, other, other_mse = [], [], [], []
     with torch.inference_mode():
         for e in held_out:
             mu, state, target = first_segment(e)
-            nearest = int(np.argmin(np.linalg.norm(state0[list(train)] - state0[e], axis=1)))
+            nearest = int(np.argmin(np.linalg.norm(train_state0 - state0[e], axis=1)))
             for z, dist, mse in ((train_mu[nearest:nearest + 1], near, near_mse),
                                  (train_mu[int(rng.integers(len(train)))][None], other, other_mse)):
                 dist.append(float((z - mu).norm()))
@@ -108,8 +106,6 @@ def oracle_closed_loop(policy, buffer, episodes, max_steps: int) -> float:
     """Success of the generated policies written from the recorded segments' posterior means."""
     model, config = policy.model, policy.config
     k = config.segment_steps
-    ends = np.asarray(buffer.episode_ends[:])
-    starts = np.concatenate([[0], ends[:-1]])
     seeds = buffer.episode_meta("episode_seed")
     spec = policy.spec
     env = make_env(buffer.attrs["task"], image_size=tuple(spec.image_shape[:2]) if spec.image_keys else (96, 96),
@@ -117,14 +113,13 @@ def oracle_closed_loop(policy, buffer, episodes, max_steps: int) -> float:
     max_steps = max_steps or env.max_steps
     successes = 0
     for e in episodes:
-        lo, hi = int(starts[e]), int(ends[e])
-        recorded = {key: np.asarray(buffer[key][lo:hi]) for key in (*model.policy_keys, policy.spec.action_key)}
+        recorded = buffer.get_episode(e, (*model.policy_keys, policy.spec.action_key))
         obs, info = env.reset(seed=int(seeds[e]))
         success, params = False, None
         for t in range(max_steps):
             if t % k == 0:
                 with torch.inference_mode():
-                    params = model.hypernet(recorded_posterior(policy, recorded, t, hi - lo)[0])[0].numpy()
+                    params = model.hypernet(recorded_posterior(policy, recorded, t)[0])[0].numpy()
             obs = extra_observation(obs, info, model.policy_keys)  # object_state comes in info
             current = {key: np.asarray(obs[key], np.float32)[None] for key in model.policy_keys}
             obs, _, terminated, truncated, info = env.step(policy.generated_action(current, params, t % k))
